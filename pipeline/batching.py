@@ -1,0 +1,120 @@
+"""Length buckets: batches of reviews of similar length, so little time goes into padding.
+
+Arrays arrive pre-padded to ``max_len``; a bucket of width ``w`` takes the last ``w`` columns,
+which hold every real token of the reviews in it. Each review's width depends on its own length
+only when scoring, never on its neighbours, so a review scores the same alone or in any batch.
+A handful of fixed widths keeps XLA to a handful of compilations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+_ROUND_TO = 16
+
+
+def bucket_widths(lengths: np.ndarray, buckets: int, max_len: int) -> tuple[int, ...]:
+    """Widths at the length quantiles of the training reviews, rounded up; the last is max_len."""
+    if buckets <= 1 or not len(lengths):
+        return (max_len,)
+    quantiles = np.quantile(lengths, np.arange(1, buckets) / buckets)
+    rounded = np.ceil(np.maximum(quantiles, 1) / _ROUND_TO).astype(int) * _ROUND_TO
+    return tuple(sorted({int(w) for w in rounded if w < max_len} | {max_len}))
+
+
+def assign_buckets(lengths: np.ndarray, widths: tuple[int, ...]) -> np.ndarray:
+    """Index into ``widths`` of the narrowest bucket that holds each review."""
+    return np.searchsorted(np.asarray(widths), np.minimum(lengths, widths[-1]), side="left")
+
+
+def padding_share(lengths: np.ndarray, widths: tuple[int, ...]) -> float:
+    """Share of fed timesteps that are padding when batches use these widths."""
+    fed = np.asarray(widths)[assign_buckets(lengths, widths)].sum()
+    return float(1.0 - np.minimum(lengths, widths[-1]).sum() / fed) if fed else 0.0
+
+
+def _bucket_groups(lengths: np.ndarray, widths: tuple[int, ...]) -> Iterator[tuple[int, np.ndarray]]:
+    ids = assign_buckets(lengths, widths)
+    for index, width in enumerate(widths):
+        members = np.flatnonzero(ids == index)
+        if members.size:
+            yield width, members
+
+
+def epoch_batches(
+    lengths: np.ndarray, widths: tuple[int, ...], batch_size: int, rng: np.random.Generator
+) -> list[tuple[int, np.ndarray]]:
+    """One epoch's (width, review indices) batches: every review exactly once, order random.
+
+    Reviews are shuffled, then sorted by length inside windows of 50 batches and cut into full
+    batches, so neighbours have similar lengths; each batch takes the narrowest width holding its
+    longest review. Only the epoch's one partial batch, fed at full width, has another shape:
+    with XLA every distinct shape is a compilation.
+    """
+    order = rng.permutation(len(lengths))
+    full = len(order) - len(order) % batch_size
+    batches = []
+    window = batch_size * 50
+    for start in range(0, full, window):
+        chunk = order[start : min(start + window, full)]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        for offset in range(0, len(chunk), batch_size):
+            members = chunk[offset : offset + batch_size]
+            batches.append((widths[assign_buckets(lengths[members].max(keepdims=True), widths)[0]], members))
+    rng.shuffle(batches)
+    if full < len(order):
+        batches.append((widths[-1], order[full:]))
+    return batches
+
+
+def training_dataset(
+    x: np.ndarray, y: np.ndarray, lengths: np.ndarray, widths: tuple[int, ...], batch_size: int, seed: int = 0
+):
+    """A ``tf.data.Dataset`` of (tokens, labels) batches, re-drawn by ``epoch_batches`` every epoch."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    labels = y.astype("float32")
+
+    def generate():
+        for width, members in epoch_batches(lengths, widths, batch_size, rng):
+            yield x[members, -width:], labels[members]
+
+    signature = (
+        tf.TensorSpec(shape=(None, None), dtype=tf.int32),
+        tf.TensorSpec(shape=(None,), dtype=tf.float32),
+    )
+    batches = -(-len(lengths) // batch_size)  # a known length: Keras restarts the generator each epoch
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    return dataset.apply(tf.data.experimental.assert_cardinality(batches)).prefetch(4)
+
+
+def evaluation_dataset(
+    x: np.ndarray, y: np.ndarray, lengths: np.ndarray, widths: tuple[int, ...], batch_size: int = 1024
+):
+    """Fixed (tokens, labels) batches, each review at its own bucket width (no shuffling)."""
+    import tensorflow as tf
+
+    parts = [
+        tf.data.Dataset.from_tensor_slices((x[members, -width:], y[members].astype("float32"))).batch(
+            batch_size
+        )
+        for width, members in _bucket_groups(lengths, widths)
+    ]
+    dataset = parts[0]
+    for part in parts[1:]:
+        dataset = dataset.concatenate(part)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def predict_proba(
+    model, x: np.ndarray, lengths: np.ndarray, widths: tuple[int, ...], batch_size: int = 1024
+) -> np.ndarray:
+    """Positive-class probabilities in the input order, each review fed at its bucket width."""
+    probabilities = np.zeros(len(x), dtype=np.float64)
+    for width, members in _bucket_groups(lengths, widths):
+        scores = model.predict(x[members, -width:], batch_size=batch_size, verbose=0)
+        probabilities[members] = np.asarray(scores, dtype=np.float64).reshape(-1)
+    return probabilities

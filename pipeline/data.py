@@ -1,0 +1,373 @@
+"""Raw IMDB reviews → vocabulary → encoded, pre-padded arrays → train/validation/test splits.
+
+The only reader of the dataset. It reads the aclImdb layout
+(``aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt``) from the downloaded ``.tar.gz`` or its
+extracted folder, builds the vocabulary from the training split only, and keeps the *end* of long
+reviews (Keras ``pad_sequences`` defaults: pad and truncate at the front). Prepared arrays are
+cached on disk under a key made of the source's fingerprint and every option that shapes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tarfile
+import tempfile
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import DataConfig
+
+log = logging.getLogger(__name__)
+
+LABELS = ("neg", "pos")  # index = label: 0 negative, 1 positive
+SPLITS = ("train", "test")
+# Bump when tokenization or array layout changes, so old caches are never reused.
+PREP_VERSION = 3
+# Keras' default standardization (lower case, apostrophes dropped so "don't" is "dont"), with
+# other punctuation and the <br /> tags every IMDB review carries turned into word breaks.
+_BREAK_TAG = r"<br\s*/?>"
+_APOSTROPHE = "'"
+_PUNCTUATION = r"[!\"#$%&()\*\+,\-\./:;<=>?@\[\\\]^_`{|}~]"
+
+
+class DataError(ValueError):
+    """The dataset at fault; the message names the file, folder or split."""
+
+
+@dataclass(frozen=True)
+class Reviews:
+    texts: list[str]
+    labels: np.ndarray  # int8, 1 = positive
+
+
+@dataclass(frozen=True)
+class RawDataset:
+    train: Reviews
+    test: Reviews
+    digest: str  # sha256 over every review's path and text: equal for the archive and its folder
+    source: str
+
+
+@dataclass(frozen=True)
+class Split:
+    x: np.ndarray  # (n, max_len) int32 token ids, pre-padded with 0
+    y: np.ndarray  # (n,) int8 labels
+    lengths: np.ndarray  # (n,) int32 real tokens kept, ≤ max_len
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, indices: np.ndarray) -> Split:
+        return Split(self.x[indices], self.y[indices], self.lengths[indices])
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    train: Split
+    val: Split
+    test: Split
+    vocabulary: list[str]  # without the padding and OOV tokens, most frequent first
+    test_texts: list[str]  # raw test reviews, to score other models (the champion) like for like
+    max_len: int
+    digest: str
+    source: str
+    prep_seconds: float = 0.0
+    from_cache: bool = False
+
+    def summary(self) -> dict[str, float | int | str]:
+        """Sizes and class balance, as logged with the dataset."""
+        info: dict[str, float | int | str] = {"dataset_digest": self.digest}
+        for name, split in (("train", self.train), ("val", self.val), ("test", self.test)):
+            info[f"n_{name}"] = len(split)
+            info[f"{name}_positive_share"] = round(float(split.y.mean()), 4)
+        return info
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def read_reviews(path: Path) -> RawDataset:
+    """Read an aclImdb ``.tar.gz`` or extracted folder. Raises DataError naming what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"dataset not found: {path}")
+    entries = _read_folder(path) if path.is_dir() else _read_archive(path)
+    groups: dict[str, list[tuple[str, str, int]]] = {split: [] for split in SPLITS}
+    for name, raw in entries:
+        split, label = name.split("/")[-3:-1]
+        groups[split].append((name, _decode(raw, path, name), LABELS.index(label)))
+    digest = hashlib.sha256()
+    splits = {}
+    for split in SPLITS:
+        rows = sorted(groups[split])
+        if not rows:
+            raise DataError(f"{path}: no reviews under aclImdb/{split}/pos or aclImdb/{split}/neg")
+        for name, text, _ in rows:
+            digest.update(name.encode() + b"\0" + text.encode() + b"\0")
+        labels = np.array([label for _, _, label in rows], dtype=np.int8)
+        _require_both_classes(labels, path, split)
+        splits[split] = Reviews([text for _, text, _ in rows], labels)
+    return RawDataset(splits["train"], splits["test"], digest.hexdigest(), str(path))
+
+
+def _review_name(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) >= 4 and parts[-1].endswith(".txt") and parts[-2] in LABELS and parts[-3] in SPLITS
+
+
+def _read_archive(path: Path) -> Iterator[tuple[str, bytes]]:
+    try:
+        with tarfile.open(path, "r:*") as archive:
+            for member in archive:
+                if member.isfile() and _review_name(member.name):
+                    # "./aclImdb/…" (tar -C dir .) names the same review as "aclImdb/…".
+                    name = "aclImdb/" + "/".join(member.name.split("/")[-3:])
+                    yield name, archive.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
+        raise DataError(f"cannot read archive {path}: {error}") from error
+
+
+def _read_folder(path: Path) -> Iterator[tuple[str, bytes]]:
+    root = path / "aclImdb" if (path / "aclImdb").is_dir() else path
+    if not any((root / split / label).is_dir() for split in SPLITS for label in LABELS):
+        raise DataError(f"{path}: expected train/pos, train/neg, test/pos, test/neg folders")
+    for file in sorted(root.glob("*/*/*.txt")):
+        name = f"aclImdb/{file.relative_to(root).as_posix()}"
+        if _review_name(name):
+            yield name, file.read_bytes()
+
+
+def _decode(raw: bytes, path: Path, name: str) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: review {name} is not valid UTF-8 ({error.reason})") from None
+    if not text.strip():
+        raise DataError(f"{path}: review {name} is empty")
+    return text
+
+
+def _require_both_classes(labels: np.ndarray, path: Path | str, split: str) -> None:
+    present = set(np.unique(labels).tolist())
+    if present != {0, 1}:
+        only = LABELS[present.pop()] if present else "none"
+        raise DataError(f"{path}: split '{split}' has one class only ({only}); need pos and neg")
+
+
+# --- encoding ------------------------------------------------------------------------------
+
+
+def standardize(texts):  # tf.Tensor of strings → tf.Tensor of strings
+    import tensorflow as tf
+
+    texts = tf.strings.lower(texts)
+    texts = tf.strings.regex_replace(texts, _BREAK_TAG, " ")
+    texts = tf.strings.regex_replace(texts, _APOSTROPHE, "")
+    return tf.strings.regex_replace(texts, _PUNCTUATION, " ")
+
+
+def build_vocabulary(texts: Sequence[str], vocab_size: int) -> list[str]:
+    """The ``vocab_size - 2`` most frequent words (ids 0 and 1 are padding and out-of-vocabulary)."""
+    import keras
+
+    if vocab_size <= 2:
+        return []
+    vectorizer = keras.layers.TextVectorization(max_tokens=vocab_size, standardize=standardize)
+    vectorizer.adapt(list(texts), batch_size=1024)
+    return [str(word) for word in vectorizer.get_vocabulary(include_special_tokens=False)]
+
+
+class Encoder:
+    """Raw review text → token ids pre-padded/pre-truncated to ``max_len`` (keeps the end).
+
+    The same encoder turns training reviews and a registry consumer's text into model input.
+    """
+
+    def __init__(self, vocabulary: Sequence[str], max_len: int) -> None:
+        import keras
+
+        self.max_len = max_len
+        # With vocab_size=2 every word is out-of-vocabulary, and a lookup table cannot be empty.
+        self._vectorizer = (
+            keras.layers.TextVectorization(vocabulary=list(vocabulary), standardize=standardize, ragged=True)
+            if len(vocabulary)
+            else _all_out_of_vocabulary
+        )
+
+    def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(n, max_len) int32 ids and the (n,) number of real tokens kept."""
+        import keras
+
+        if not len(texts):
+            return np.zeros((0, self.max_len), np.int32), np.zeros(0, np.int32)
+        ragged = self._vectorizer(np.asarray(list(texts), dtype=object))
+        lengths = np.minimum(ragged.row_lengths().numpy(), self.max_len).astype(np.int32)
+        x = keras.utils.pad_sequences(
+            list(ragged.numpy()), maxlen=self.max_len, dtype="int32", padding="pre", truncating="pre"
+        )
+        return x, lengths
+
+
+def _all_out_of_vocabulary(texts):
+    import tensorflow as tf
+
+    words = tf.strings.split(standardize(tf.constant(texts)))
+    return tf.ragged.map_flat_values(lambda w: tf.ones_like(w, dtype=tf.int64), words)
+
+
+# --- preparing -----------------------------------------------------------------------------
+
+
+def prepare(cfg: DataConfig) -> PreparedData:
+    """Read, split, build the vocabulary on the training part and encode; cached on disk."""
+    started = time.perf_counter()
+    cache_file = _cache_file(cfg)
+    if cache_file is not None and cache_file.exists():
+        # The key leaves the path out (a copied archive hits), so name the path we were given.
+        data = replace(_load_cache(cache_file), source=str(cfg.path))
+        log.info("prepared data from cache %s", cache_file)
+        return _with_timing(data, started, from_cache=True)
+    raw = read_reviews(cfg.path)
+    data = prepare_reviews(raw, cfg)
+    if cache_file is not None:
+        _save_cache(data, cache_file)
+    return _with_timing(data, started, from_cache=False)
+
+
+def prepare_reviews(raw: RawDataset, cfg: DataConfig) -> PreparedData:
+    """Split the training reviews (stratified), build the vocabulary from the training part only."""
+    from sklearn.model_selection import train_test_split
+
+    train, test = _limit(raw.train, cfg), _limit(raw.test, cfg)
+    try:
+        train_idx, val_idx = train_test_split(
+            np.arange(len(train.labels)),
+            test_size=cfg.val_fraction,
+            stratify=train.labels,
+            random_state=cfg.seed,
+        )
+    except ValueError as error:
+        raise DataError(f"{raw.source}: cannot split train/validation: {error}") from None
+    train_texts = [train.texts[i] for i in train_idx]
+    vocabulary = build_vocabulary(train_texts, cfg.vocab_size)
+
+    encode = Encoder(vocabulary, cfg.max_len)
+
+    def split(texts: Sequence[str], labels: np.ndarray) -> Split:
+        x, lengths = encode(texts)
+        return Split(x, labels.astype(np.int8), lengths)
+
+    return PreparedData(
+        train=split(train_texts, train.labels[train_idx]),
+        val=split([train.texts[i] for i in val_idx], train.labels[val_idx]),
+        test=split(test.texts, test.labels),
+        test_texts=test.texts,
+        vocabulary=vocabulary,
+        max_len=cfg.max_len,
+        digest=raw.digest,
+        source=raw.source,
+    )
+
+
+def _limit(reviews: Reviews, cfg: DataConfig) -> Reviews:
+    """A stratified draw of ``cfg.limit`` reviews (all of them without a limit)."""
+    if cfg.limit is None or cfg.limit >= len(reviews.labels):
+        return reviews
+    from sklearn.model_selection import train_test_split
+
+    keep, _ = train_test_split(
+        np.arange(len(reviews.labels)),
+        train_size=cfg.limit,
+        stratify=reviews.labels,
+        random_state=cfg.seed,
+    )
+    keep.sort()
+    return Reviews([reviews.texts[i] for i in keep], reviews.labels[keep])
+
+
+def _with_timing(data: PreparedData, started: float, from_cache: bool) -> PreparedData:
+    return replace(data, prep_seconds=time.perf_counter() - started, from_cache=from_cache)
+
+
+# --- cache ---------------------------------------------------------------------------------
+
+
+def source_fingerprint(path: Path) -> str:
+    """Cheap identity of the source: the archive's bytes, or a folder's names, sizes and mtimes."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"dataset not found: {path}")
+    digest = hashlib.sha256()
+    if path.is_file():
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    for file in sorted(path.rglob("*.txt")):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def cache_key(cfg: DataConfig) -> str:
+    options = cfg.model_dump(mode="json", exclude={"path", "cache_dir"})
+    payload = json.dumps(
+        {"source": source_fingerprint(cfg.path), "options": options, "version": PREP_VERSION},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def _cache_file(cfg: DataConfig) -> Path | None:
+    return None if cfg.cache_dir is None else Path(cfg.cache_dir) / f"{cache_key(cfg)}.npz"
+
+
+def _save_cache(data: PreparedData, file: Path) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "vocabulary": data.vocabulary,
+        "max_len": data.max_len,
+        "digest": data.digest,
+        "source": data.source,
+    }
+    arrays = {
+        f"{name}_{field}": getattr(getattr(data, name), field)
+        for name in ("train", "val", "test")
+        for field in ("x", "y", "lengths")
+    }
+    # Write beside, then rename: a crash never leaves a half-written cache entry behind.
+    handle, tmp = tempfile.mkstemp(dir=file.parent, suffix=".tmp")
+    os.close(handle)
+    try:
+        with open(tmp, "wb") as out:
+            texts = np.frombuffer(json.dumps(data.test_texts).encode(), dtype=np.uint8)
+            np.savez(out, meta=np.array(json.dumps(meta)), test_texts=texts, **arrays)
+        os.replace(tmp, file)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _load_cache(file: Path) -> PreparedData:
+    with np.load(file) as stored:
+        meta = json.loads(str(stored["meta"]))
+        test_texts = json.loads(stored["test_texts"].tobytes().decode())
+        splits = {
+            name: Split(stored[f"{name}_x"], stored[f"{name}_y"], stored[f"{name}_lengths"])
+            for name in ("train", "val", "test")
+        }
+    return PreparedData(
+        **splits,
+        vocabulary=meta["vocabulary"],
+        max_len=meta["max_len"],
+        digest=meta["digest"],
+        source=meta["source"],
+        test_texts=test_texts,
+    )

@@ -1,0 +1,220 @@
+"""Optuna search: suggest_hparams(trial) → HParams; the objective; run_search (storage, pruner, resume).
+
+The study is stored (SQLite beside the MLflow store unless told otherwise) under its name, so a
+second run with the same name resumes it. Each trial reports the monitored validation metric per
+epoch to the pruner. A trial that raises (NaN loss included) ends as failed and the study goes
+on; tracking of trials is injected as ``trial_tracker`` so this module never imports MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+from optuna_integration import KerasPruningCallback
+
+from pipeline.config import HParams, PipelineConfig, SearchConfig, run_params
+from pipeline.data import PreparedData, Split, prepare
+from pipeline.train import train_model
+
+log = logging.getLogger(__name__)
+
+# Opens a tracked run for (trial number, params); pickles into worker processes.
+TrialTracker = Callable[[int, dict[str, Any]], AbstractContextManager[Any]]
+
+
+class SearchError(RuntimeError):
+    """The search produced no usable trial."""
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    best_hparams: HParams
+    best_value: float
+    best_trial: int
+    complete: int  # trials in the whole study, this and earlier invocations
+    pruned: int
+    failed: int
+    seconds: float
+
+
+def suggest_hparams(trial: optuna.Trial, cfg: SearchConfig) -> HParams:
+    """The search space. Learning rates sit where these models converge in a few epochs."""
+    return HParams(
+        cell=trial.suggest_categorical("cell", list(cfg.cells)),
+        units=trial.suggest_categorical("units", [16, 32, 64]),
+        layers=trial.suggest_int("layers", 1, 2),
+        bidirectional=trial.suggest_categorical("bidirectional", [False, True]),
+        dropout=trial.suggest_float("dropout", 0.0, 0.5, step=0.1),
+        learning_rate=trial.suggest_float("learning_rate", 1e-3, 1e-2, log=True),
+        embedding_dim=trial.suggest_categorical("embedding_dim", [16, 32, 64]),
+        optimizer=trial.suggest_categorical("optimizer", ["adam", "rmsprop"]),
+    )
+
+
+def create_study(cfg: PipelineConfig, seed: int | None = None) -> optuna.Study:
+    """Create the named study, or load it to resume (sampler seeded by ``seed``, else the config)."""
+    storage = cfg.study_storage()
+    if storage.startswith("sqlite:///"):
+        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    direction = "maximize" if cfg.train.monitor == "val_accuracy" else "minimize"
+    study = optuna.create_study(
+        study_name=cfg.search.study_name,
+        storage=storage,
+        direction=direction,
+        sampler=optuna.samplers.TPESampler(seed=cfg.search.seed if seed is None else seed),
+        pruner=_pruner(cfg.search),
+        load_if_exists=True,
+    )
+    if study.direction.name.lower() != direction:
+        raise SearchError(
+            f"study '{cfg.search.study_name}' in {storage} was created to {study.direction.name.lower()}; "
+            f"monitor={cfg.train.monitor} needs {direction}: use another study_name"
+        )
+    return study
+
+
+def _pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
+    if cfg.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if cfg.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.epochs)
+    return optuna.pruners.NopPruner()
+
+
+def run_search(
+    data: PreparedData, cfg: PipelineConfig, trial_tracker: TrialTracker | None = None
+) -> SearchResult:
+    """Run ``cfg.search.trials`` more trials (or until ``cfg.search.timeout``); the study's best.
+
+    With ``cfg.search.workers > 1`` trials run in that many processes, one TensorFlow thread
+    each: an RNN step keeps about one core busy, so side-by-side trials nearly double throughput.
+    Raises SearchError when no trial of the study has completed.
+    """
+    started = time.perf_counter()
+    study = create_study(cfg)
+    if cfg.search.workers == 1:
+        _optimize(study, trial_data(data, cfg.search), cfg, trial_tracker, cfg.search.trials)
+    else:
+        _optimize_in_workers(cfg, trial_tracker)
+    return _result(create_study(cfg), time.perf_counter() - started)
+
+
+def _optimize(
+    study: optuna.Study,
+    data: PreparedData,
+    cfg: PipelineConfig,
+    trial_tracker: TrialTracker | None,
+    trials: int,
+) -> None:
+    def objective(trial: optuna.Trial) -> float:
+        hparams = suggest_hparams(trial, cfg.search)
+        # Trials may see shorter reviews than the final model: log what they trained on.
+        params = run_params(hparams, cfg) | {"max_len": data.max_len, "train_reviews": len(data.train)}
+        track = trial_tracker(trial.number, params) if trial_tracker else nullcontext()
+        with track as run:
+            callbacks = [KerasPruningCallback(trial, cfg.train.monitor)]
+            if run is not None:
+                callbacks.append(run.epoch_callback())
+            _, result = train_model(hparams, data, cfg.train, epochs=cfg.search.epochs, callbacks=callbacks)
+            trial.set_user_attr("epochs", result.epochs)
+            trial.set_user_attr("seconds", result.seconds)
+            if run is not None:
+                run.log_metrics(
+                    {
+                        "best_value": result.best_value,
+                        "best_epoch": result.best_epoch,
+                        "train_seconds": result.seconds,
+                    }
+                )
+        return result.best_value
+
+    study.optimize(
+        objective, n_trials=trials, timeout=cfg.search.timeout, catch=(Exception,), gc_after_trial=True
+    )
+
+
+def _optimize_in_workers(cfg: PipelineConfig, trial_tracker: TrialTracker | None) -> None:
+    workers = cfg.search.workers
+    shares = [cfg.search.trials // workers + (i < cfg.search.trials % workers) for i in range(workers)]
+    context = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [
+            pool.submit(_worker, cfg, index, share, trial_tracker)
+            for index, share in enumerate(shares)
+            if share
+        ]
+        for future in futures:
+            try:
+                future.result()
+            except Exception as error:  # a crashed process, not a failed trial (those are caught)
+                raise SearchError(f"a search worker stopped: {type(error).__name__}: {error}") from error
+
+
+def _worker(cfg: PipelineConfig, index: int, trials: int, trial_tracker: TrialTracker | None) -> None:
+    """One search process: one thread for TensorFlow, prepared data from the cache."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    seed = None if cfg.search.seed is None else cfg.search.seed + index  # workers must not repeat trials
+    study = create_study(cfg, seed=seed)
+    _optimize(study, trial_data(prepare(cfg.data), cfg.search), cfg, trial_tracker, trials)
+
+
+def best_hparams(cfg: PipelineConfig) -> HParams:
+    """The best configuration stored in the study ``cfg.search.study_name``.
+
+    Raises SearchError when the study is missing or has no completed trial.
+    """
+    try:
+        study = optuna.load_study(study_name=cfg.search.study_name, storage=cfg.study_storage())
+    except KeyError:
+        raise SearchError(f"no study '{cfg.search.study_name}' in {cfg.study_storage()}") from None
+    return _result(study, 0.0).best_hparams
+
+
+def trial_data(data: PreparedData, cfg: SearchConfig) -> PreparedData:
+    """What trials train on: a random ``subset`` share of the training reviews, and every split cut
+    to its last ``cfg.max_len`` tokens. Validation reviews stay all in, so trials compare fairly."""
+    train = data.train
+    if cfg.subset < 1.0:
+        keep = np.random.default_rng(cfg.seed).permutation(len(train))[: max(2, int(len(train) * cfg.subset))]
+        train = train.subset(np.sort(keep))
+    if cfg.max_len is None or cfg.max_len >= data.max_len:
+        return replace(data, train=train)
+    return replace(data, train=_cut(train, cfg.max_len), val=_cut(data.val, cfg.max_len), max_len=cfg.max_len)
+
+
+def _cut(split: Split, max_len: int) -> Split:
+    return Split(split.x[:, -max_len:], split.y, np.minimum(split.lengths, max_len))
+
+
+def _result(study: optuna.Study, seconds: float) -> SearchResult:
+    counts = {state: len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState}
+    if counts[TrialState.COMPLETE] == 0:
+        raise SearchError(
+            f"study '{study.study_name}': no trial completed "
+            f"({counts[TrialState.FAIL]} failed, {counts[TrialState.PRUNED]} pruned); "
+            "see the trial runs' failure_reason tags"
+        )
+    best = study.best_trial
+    return SearchResult(
+        best_hparams=HParams(**best.params),
+        best_value=float(best.value),
+        best_trial=best.number,
+        complete=counts[TrialState.COMPLETE],
+        pruned=counts[TrialState.PRUNED],
+        failed=counts[TrialState.FAIL],
+        seconds=seconds,
+    )

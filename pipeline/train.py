@@ -1,0 +1,108 @@
+"""fit(model, data, cfg, callbacks) → TrainResult: Keras training with early stopping.
+
+Callbacks for tracking and pruning are injected by the caller; this module knows neither MLflow
+nor Optuna. A loss that turns NaN stops training and raises TrainingDiverged.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from pipeline.batching import bucket_widths, evaluation_dataset, training_dataset
+from pipeline.config import JIT_MIN_REVIEW_EPOCHS, HParams, TrainConfig
+from pipeline.data import PreparedData, Split
+from pipeline.model import build_model
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    history: dict[str, list[float]]  # per-epoch loss, accuracy, val_loss, val_accuracy
+    epochs: int  # epochs run (early stopping may end before the cap)
+    best_epoch: int  # 1-based epoch whose weights the model holds
+    best_value: float  # the monitored metric at best_epoch
+    seconds: float
+    widths: tuple[int, ...]  # bucket widths used for batches
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        return self.seconds / max(self.epochs, 1)
+
+
+def widths_for(train: Split, cfg: TrainConfig, max_len: int) -> tuple[int, ...]:
+    """The bucket widths for this training split (one width, max_len, without bucketing)."""
+    return bucket_widths(train.lengths, cfg.buckets, max_len)
+
+
+def fit(
+    model: keras.Model,
+    train: Split,
+    val: Split,
+    cfg: TrainConfig,
+    *,
+    widths: tuple[int, ...],
+    epochs: int | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> TrainResult:
+    """Train until ``epochs`` (default ``cfg.epochs``) or early stopping on ``cfg.monitor``.
+
+    The model ends with the weights of its best epoch. Raises TrainingDiverged on NaN loss.
+    """
+    keras.utils.set_random_seed(cfg.seed)
+    train_batches = training_dataset(train.x, train.y, train.lengths, widths, cfg.batch_size, seed=cfg.seed)
+    val_batches = evaluation_dataset(val.x, val.y, val.lengths, widths)
+    stopper = keras.callbacks.EarlyStopping(
+        monitor=cfg.monitor, patience=cfg.patience, restore_best_weights=True
+    )
+    started = time.perf_counter()
+    history = model.fit(
+        train_batches,
+        validation_data=val_batches,
+        epochs=epochs or cfg.epochs,
+        callbacks=[keras.callbacks.TerminateOnNaN(), stopper, *callbacks],
+        shuffle=False,  # the batches are shuffled already, within and across length buckets
+        verbose=0,
+    ).history
+    seconds = time.perf_counter() - started
+    losses = history.get("loss", [])
+    if not losses or not all(math.isfinite(v) for v in losses):
+        raise TrainingDiverged(f"training loss became {losses[-1] if losses else 'undefined'}")
+    values = np.asarray(history[cfg.monitor])
+    best = int(np.argmax(values) if cfg.monitor == "val_accuracy" else np.argmin(values))
+    return TrainResult(
+        history={k: [float(v) for v in vs] for k, vs in history.items()},
+        epochs=len(losses),
+        best_epoch=best + 1,
+        best_value=float(values[best]),
+        seconds=seconds,
+        widths=widths,
+    )
+
+
+def train_model(
+    hparams: HParams,
+    data: PreparedData,
+    cfg: TrainConfig,
+    *,
+    epochs: int | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> tuple[keras.Model, TrainResult]:
+    """Build a fresh model for ``hparams`` and fit it on ``data.train``, validating on ``data.val``."""
+    keras.backend.clear_session()  # trials must not pile up graphs and layer names
+    epochs = epochs or cfg.epochs
+    jit = (
+        cfg.jit_compile if cfg.jit_compile is not None else len(data.train) * epochs >= JIT_MIN_REVIEW_EPOCHS
+    )
+    model = build_model(hparams, len(data.vocabulary) + 2, jit_compile=jit)
+    widths = widths_for(data.train, cfg, data.max_len)
+    result = fit(model, data.train, data.val, cfg, widths=widths, epochs=epochs, callbacks=callbacks)
+    return model, result
