@@ -1,0 +1,454 @@
+"""The only module that touches the MLflow model registry: register, compare, promote, describe.
+
+A new version carries its evidence (test metrics, run id, dataset digest, hyperparameters) and a
+model card (its description) from the moment it exists. It is then compared with the current
+champion *on the same test reviews*: the champion's per-review correctness comes from its
+``eval_correct`` tag when it was scored on this very split, else the champion is loaded and
+re-scored. The comparison is McNemar's exact test on the discordant pairs, plus an optional
+minimum accuracy gain (``TrackingConfig.promotion_alpha`` / ``min_gain``).
+
+The ``champion`` alias moves last, once, under a lock beside a SQLite store, and only if the
+champion is still the one compared against; otherwise the comparison is redone against the new
+champion, so two runs finishing together never leave the alias on the worse model. If anything
+fails between creating the version and moving the alias, the version is deleted and the previous
+champion stays.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import logging
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from scipy.stats import binomtest
+
+from pipeline.config import HParams, TrackingConfig
+from pipeline.tracking import client_for
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+METRIC = "test_accuracy"
+SPLIT_TAG = "eval_split_digest"  # which test reviews the version was scored on
+CORRECT_TAG = "eval_correct"  # its per-review correctness on them, packed bits
+ACCURACY_TAG = "eval_accuracy"
+PREVIOUS_TAG = "previous_champion"
+_ATTEMPTS = 5
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot proceed (unknown version, nothing to roll back to)."""
+
+
+@dataclass(frozen=True)
+class TestSplit:
+    """The labelled test reviews every version is compared on."""
+
+    __test__ = False  # not a pytest test class
+
+    texts: Sequence[str]
+    labels: np.ndarray  # (n,) 0/1
+
+    @property
+    def digest(self) -> str:
+        digest = hashlib.sha256()
+        for text, label in zip(self.texts, np.asarray(self.labels).astype(int), strict=True):
+            digest.update(f"{label}\0{text}\0".encode())
+        return digest.hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    version: str
+    promoted: bool
+    reason: str
+    accuracy: float
+    champion_version: str | None  # the champion before this decision
+    champion_accuracy: float | None
+    p_value: float | None = None  # McNemar exact, two-sided; None without a paired comparison
+
+    def tags(self) -> dict[str, str]:
+        return {
+            "promotion": CHAMPION if self.promoted else "challenger",
+            "promotion_decision": "promote" if self.promoted else "keep",
+            "promotion_reason": self.reason,
+            "promotion_challenger_accuracy": f"{self.accuracy:.6f}",
+            "promotion_champion_accuracy": _text(self.champion_accuracy),
+            "promotion_champion_version": _text(self.champion_version),
+            "promotion_p_value": _text(self.p_value),
+        }
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "none"
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+# --- the statistics: pure functions -----------------------------------------------------------
+
+
+def mcnemar_exact(challenger_correct: np.ndarray, champion_correct: np.ndarray) -> float:
+    """Two-sided p-value of McNemar's exact test: a binomial test on the discordant pairs."""
+    challenger = np.asarray(challenger_correct, dtype=bool)
+    champion = np.asarray(champion_correct, dtype=bool)
+    if challenger.shape != champion.shape:
+        raise ValueError(f"paired test needs equal lengths, got {challenger.shape} and {champion.shape}")
+    only_challenger = int(np.sum(challenger & ~champion))
+    only_champion = int(np.sum(~challenger & champion))
+    if only_challenger + only_champion == 0:
+        return 1.0
+    return float(binomtest(only_challenger, only_challenger + only_champion, 0.5).pvalue)
+
+
+def compare(
+    version: str,
+    challenger_correct: np.ndarray,
+    champion_version: str,
+    champion_correct: np.ndarray,
+    alpha: float,
+    min_gain: float,
+) -> PromotionDecision:
+    """Promote when the challenger is more accurate by ≥ ``min_gain`` and McNemar's p < ``alpha``.
+
+    ``alpha`` of 1 turns the significance test off (the gain alone decides).
+    """
+    accuracy = float(np.mean(challenger_correct))
+    champion_accuracy = float(np.mean(champion_correct))
+    p_value = mcnemar_exact(challenger_correct, champion_correct)
+    gain = accuracy - champion_accuracy
+    versus = f"{accuracy:.4f} vs champion v{champion_version} {champion_accuracy:.4f} on {len(challenger_correct)} test reviews"
+    if gain <= 0:
+        promoted, why = False, "not more accurate"
+    elif gain < min_gain:
+        promoted, why = False, f"gain {gain:.4f} below min_gain {min_gain}"
+    elif alpha < 1 and p_value >= alpha:
+        promoted, why = False, f"gain {gain:.4f} not significant (McNemar p={p_value:.4g} ≥ {alpha})"
+    else:
+        promoted, why = True, f"gain {gain:.4f}, McNemar p={p_value:.4g}"
+    reason = f"{'promoted' if promoted else 'kept champion'}: {why}; {versus}"
+    return PromotionDecision(
+        version, promoted, reason, accuracy, champion_version, champion_accuracy, p_value
+    )
+
+
+def pack_correct(correct: np.ndarray) -> str:
+    """Per-review correctness as a compact tag value (zlib + base64 of the bits)."""
+    bits = np.packbits(np.asarray(correct, dtype=bool))
+    return f"{len(correct)}:" + base64.b64encode(zlib.compress(bits.tobytes(), 9)).decode()
+
+
+def unpack_correct(value: str) -> np.ndarray:
+    count, payload = value.split(":", 1)
+    bits = np.frombuffer(zlib.decompress(base64.b64decode(payload)), dtype=np.uint8)
+    return np.unpackbits(bits)[: int(count)].astype(bool)
+
+
+# --- registering and promoting ----------------------------------------------------------------
+
+
+def register_and_promote(
+    cfg: TrackingConfig,
+    model_uri: str,
+    run_id: str,
+    evidence: dict[str, Any],
+    *,
+    test: TestSplit | None = None,
+    correct: np.ndarray | None = None,
+) -> PromotionDecision:
+    """Register ``model_uri`` as a new version of ``cfg.model_name`` and promote it if earned.
+
+    ``evidence`` must hold ``test_accuracy``; every item becomes a tag on the version and feeds
+    the model card. ``test`` (the test reviews and labels) makes the comparison paired: the
+    challenger's per-review ``correct`` on it (scored through the logged model when not given)
+    against the champion's on the same reviews. Without ``test`` the stored test accuracies are
+    compared, unpaired. Raises whatever failed, after deleting the new version.
+    """
+    client = client_for(cfg)
+    _ensure_registered_model(client, cfg.model_name)
+    tags = {key: str(value) for key, value in evidence.items()}
+    version = str(client.create_model_version(cfg.model_name, model_uri, run_id=run_id, tags=tags).version)
+    try:
+        describe_version(client, cfg.model_name, version, evidence, test)
+        if test is not None:
+            correct = _score(model_uri, test) if correct is None else np.asarray(correct, dtype=bool)
+            _record_evaluation(client, cfg.model_name, version, test, correct)
+        decision = _promote_when_earned(client, cfg, version, float(evidence[METRIC]), test, correct)
+    except BaseException:
+        log.error("registration of %s v%s failed; deleting the version", cfg.model_name, version)
+        client.delete_model_version(cfg.model_name, version)
+        raise
+    log.info("%s v%s: %s", cfg.model_name, version, decision.reason)
+    return decision
+
+
+def _promote_when_earned(
+    client: MlflowClient,
+    cfg: TrackingConfig,
+    version: str,
+    accuracy: float,
+    test: TestSplit | None,
+    correct: np.ndarray | None,
+) -> PromotionDecision:
+    """Decide against the current champion; move the alias only if it is still that champion."""
+    for _ in range(_ATTEMPTS):
+        current = champion(client, cfg.model_name)
+        decision = _decide(client, cfg, version, accuracy, current, test, correct)
+        for key, value in decision.tags().items():
+            client.set_model_version_tag(cfg.model_name, version, key, value)
+        with _alias_lock(cfg):
+            if champion(client, cfg.model_name) != current:
+                log.info("champion of %s moved while deciding; deciding again", cfg.model_name)
+                continue
+            if decision.promoted:
+                _move_alias(client, cfg.model_name, version, current[0] if current else None)
+            return decision
+    raise RegistryError(f"the champion of {cfg.model_name} kept moving; gave up after {_ATTEMPTS} tries")
+
+
+def _decide(
+    client: MlflowClient,
+    cfg: TrackingConfig,
+    version: str,
+    accuracy: float,
+    current: tuple[str, float] | None,
+    test: TestSplit | None,
+    correct: np.ndarray | None,
+) -> PromotionDecision:
+    if current is None:
+        return PromotionDecision(version, True, "promoted: no champion yet", accuracy, None, None)
+    champion_version, champion_accuracy = current
+    if test is None or correct is None:
+        return _compare_unpaired(version, accuracy, champion_version, champion_accuracy, cfg.min_gain)
+    champion_correct = _evaluation(client, cfg.model_name, champion_version, test)
+    return compare(version, correct, champion_version, champion_correct, cfg.promotion_alpha, cfg.min_gain)
+
+
+def _compare_unpaired(
+    version: str, accuracy: float, champion_version: str, champion_accuracy: float, min_gain: float
+) -> PromotionDecision:
+    gain = accuracy - champion_accuracy
+    promoted = gain > 0 and gain >= min_gain
+    reason = (
+        f"{'promoted' if promoted else 'kept champion'} (unpaired, no test split given): "
+        f"{METRIC} {accuracy:.4f} vs champion v{champion_version} {champion_accuracy:.4f}"
+    )
+    return PromotionDecision(version, promoted, reason, accuracy, champion_version, champion_accuracy)
+
+
+def _evaluation(client: MlflowClient, name: str, version: str, test: TestSplit) -> np.ndarray:
+    """A version's per-review correctness on ``test``: from its tags, else re-scored and recorded."""
+    tags = client.get_model_version(name, version).tags
+    if tags.get(SPLIT_TAG) == test.digest and CORRECT_TAG in tags:
+        return unpack_correct(tags[CORRECT_TAG])
+    log.info("re-scoring %s v%s on the current test split (%d reviews)", name, version, len(test.texts))
+    correct = _score(f"models:/{name}/{version}", test)
+    _record_evaluation(client, name, version, test, correct)
+    return correct
+
+
+def _score(model_uri: str, test: TestSplit) -> np.ndarray:
+    from pipeline.serve import load_scorer
+
+    probability = load_scorer(model_uri)(list(test.texts))["probability"].to_numpy()
+    return (probability >= 0.5).astype(int) == np.asarray(test.labels).astype(int)
+
+
+def _record_evaluation(
+    client: MlflowClient, name: str, version: str, test: TestSplit, correct: np.ndarray
+) -> None:
+    client.set_model_version_tag(name, version, SPLIT_TAG, test.digest)
+    client.set_model_version_tag(name, version, CORRECT_TAG, pack_correct(correct))
+    client.set_model_version_tag(name, version, ACCURACY_TAG, f"{float(np.mean(correct)):.6f}")
+
+
+@contextmanager
+def _alias_lock(cfg: TrackingConfig) -> Iterator[None]:
+    """An exclusive lock beside a SQLite store (processes on one machine); a no-op otherwise."""
+    if not cfg.tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    folder = Path(cfg.tracking_uri.removeprefix("sqlite:///")).parent
+    path = folder / f".registry-{hashlib.sha1(cfg.model_name.encode()).hexdigest()[:12]}.lock"
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _move_alias(client: MlflowClient, name: str, version: str, previous: str | None) -> None:
+    """Point ``champion`` at ``version``, remembering the one it replaces (for rollback)."""
+    if previous is not None and previous != version:
+        client.set_model_version_tag(name, version, PREVIOUS_TAG, previous)
+    client.set_registered_model_alias(name, CHAMPION, version)
+
+
+def champion(client: MlflowClient, name: str) -> tuple[str, float] | None:
+    """(version, test accuracy) of the current champion, or None."""
+    try:
+        version = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+    return str(version.version), float(version.tags.get(METRIC, "nan"))
+
+
+# --- moving the alias by hand ---------------------------------------------------------------
+
+
+def promote(cfg: TrackingConfig, version: str, reason: str) -> str | None:
+    """Make ``version`` the champion by hand, recording ``reason`` on it; returns the old champion.
+
+    Raises RegistryError when the version does not exist.
+    """
+    client = client_for(cfg)
+    _require_version(client, cfg.model_name, version)
+    with _alias_lock(cfg):
+        current = champion(client, cfg.model_name)
+        previous = current[0] if current else None
+        client.set_model_version_tag(cfg.model_name, version, "manual_promotion_reason", reason)
+        _move_alias(client, cfg.model_name, version, previous)
+    log.info("%s: champion v%s → v%s by hand (%s)", cfg.model_name, previous, version, reason)
+    return previous
+
+
+def rollback(cfg: TrackingConfig, reason: str, version: str | None = None) -> tuple[str, str]:
+    """Move ``champion`` back to ``version`` (default: the one the current champion replaced).
+
+    Records ``reason`` on both versions; returns (old champion, new champion). Raises
+    RegistryError when there is no champion or nothing to roll back to.
+    """
+    client = client_for(cfg)
+    with _alias_lock(cfg):
+        current = champion(client, cfg.model_name)
+        if current is None:
+            raise RegistryError(f"{cfg.model_name} has no {CHAMPION} to roll back")
+        tags = client.get_model_version(cfg.model_name, current[0]).tags
+        target = version or tags.get(PREVIOUS_TAG)
+        if not target:
+            raise RegistryError(f"{cfg.model_name} v{current[0]} replaced no champion; name a --version")
+        _require_version(client, cfg.model_name, target)
+        client.set_model_version_tag(cfg.model_name, current[0], "rolled_back_reason", reason)
+        client.set_model_version_tag(cfg.model_name, target, "manual_promotion_reason", f"rollback: {reason}")
+        client.set_registered_model_alias(cfg.model_name, CHAMPION, target)
+    log.info("%s: rolled champion back v%s → v%s (%s)", cfg.model_name, current[0], target, reason)
+    return current[0], str(target)
+
+
+def _require_version(client: MlflowClient, name: str, version: str) -> None:
+    try:
+        client.get_model_version(name, version)
+    except MlflowException:
+        raise RegistryError(f"{name} has no version {version}") from None
+
+
+# --- the model card -------------------------------------------------------------------------
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description=model_card(name))
+        return
+    client.update_registered_model(name, description=model_card(name))
+
+
+def pipeline_version() -> str:
+    try:
+        return metadata.version("imdb-sentiment-pipeline")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def model_card(name: str) -> str:
+    """Markdown for the registered model: what it is and how to call its champion."""
+    return "\n".join(
+        [
+            f"# {name}: IMDB review sentiment",
+            "",
+            "A Keras recurrent network (SimpleRNN/LSTM/GRU, chosen by an Optuna search) that reads the"
+            " raw text of an English movie review and returns the probability that it is positive.",
+            "Tokenization travels inside the model (MLflow pyfunc), so consumers need no project code.",
+            "Each version's description holds its data, test metrics and hyperparameters; the"
+            f" `{CHAMPION}` alias marks the version that won a paired test (McNemar) on the test split.",
+            "",
+            _usage(f"models:/{name}@{CHAMPION}", name),
+        ]
+    )
+
+
+def version_card(name: str, version: str, evidence: dict[str, Any], test: TestSplit | None) -> str:
+    """Markdown for one version: data, test metrics, hyperparameters, pipeline version, usage."""
+    metrics = {k: v for k, v in evidence.items() if k.startswith("test_") and not k.endswith("_share")}
+    hparams = {
+        k: evidence[k]
+        for k in (*HParams.model_fields, "vocab_size", "max_len", "batch_size")
+        if k in evidence
+    }
+    sizes = {k: evidence[k] for k in ("n_train", "n_val", "n_test") if k in evidence}
+    if test is not None:
+        sizes.setdefault("n_test", len(test.texts))
+    rows = [
+        f"# {name} v{version}",
+        "",
+        "IMDB review sentiment: raw review text in, P(positive) and a label (threshold 0.5) out.",
+        "",
+        "## Data",
+        f"- dataset digest: `{evidence.get('dataset_digest', 'unknown')}` (aclImdb)",
+        *(f"- {key}: {value}" for key, value in sizes.items()),
+        *([f"- test split digest: `{test.digest}`"] if test is not None else []),
+        "",
+        "## Test metrics",
+        *(f"- {key}: {float(value):.4f}" for key, value in metrics.items()),
+        "",
+        "## Hyperparameters",
+        *(f"- {key}: {value}" for key, value in hparams.items()),
+        "",
+        "## Provenance",
+        f"- training run: `{evidence.get('run_id', 'unknown')}`",
+        f"- pipeline: imdb-sentiment-pipeline {pipeline_version()}",
+        "",
+        _usage(f"models:/{name}/{version}", name),
+    ]
+    return "\n".join(rows)
+
+
+def describe_version(
+    client: MlflowClient, name: str, version: str, evidence: dict[str, Any], test: TestSplit | None
+) -> None:
+    client.update_model_version(name, version, description=version_card(name, version, evidence, test))
+
+
+def _usage(uri: str, name: str) -> str:
+    return f"""## How to call it
+Python (any environment with mlflow, keras and tensorflow):
+```python
+import mlflow, pandas as pd
+mlflow.set_tracking_uri("sqlite:////path/to/mlruns/mlflow.db")  # the store holding `{name}`
+model = mlflow.pyfunc.load_model("{uri}")
+model.predict(pd.DataFrame({{"text": ["A wonderful film.", "Dull and far too long."]}}))
+# → DataFrame(probability, label)
+```
+Batch scoring of a CSV/JSONL/Parquet file with a `text` column, or lines on stdin:
+```bash
+sentiment predict --model "{uri}" --input reviews.csv --output scored.csv
+```
+HTTP:
+```bash
+mlflow models serve -m "{uri}" --env-manager local --host 127.0.0.1 --port 5001
+curl -s 127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\
+  -d '{{"inputs": ["A wonderful film.", "Dull and far too long."]}}'
+```"""
