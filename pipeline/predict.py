@@ -1,0 +1,220 @@
+"""Batch scoring: stream reviews from a CSV/JSONL/Parquet file or stdin lines through a model.
+
+Records are read and scored ``batch_size`` at a time, so a file of any size needs memory for one
+batch. Each output record is the input record plus ``probability`` and ``label``. Input the model
+cannot score (bytes that are not UTF-8, a missing text column, a missing or non-string review)
+raises ``InputError`` naming the row (1-based, header excluded) and line where one applies.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import pandas as pd
+
+from pipeline.serve import InputError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("csv", "jsonl", "parquet")
+Record = dict[str, Any]
+Scorer = Callable[[Sequence[str]], pd.DataFrame]
+
+
+def file_format(path: Path) -> str:
+    """``csv``, ``jsonl`` or ``parquet`` from the extension (``.json``/``.ndjson`` read as JSONL)."""
+    suffix = path.suffix.lower().lstrip(".")
+    fmt = {"json": "jsonl", "ndjson": "jsonl", "pq": "parquet"}.get(suffix, suffix)
+    if fmt not in FORMATS:
+        raise InputError(f"{path}: unknown format '.{suffix}' (use .csv, .jsonl or .parquet)")
+    return fmt
+
+
+def _lines(stream: IO[bytes], start: int = 1) -> Iterator[tuple[int, str]]:
+    for number, raw in enumerate(stream, start):
+        try:
+            yield number, raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise InputError(
+                f"line {number}: not valid UTF-8 ({error.reason} at byte {error.start})"
+            ) from None
+
+
+def read_csv(stream: IO[bytes]) -> Iterator[Record]:
+    numbered = _lines(stream)
+    current = {"line": 0}
+
+    def text_lines() -> Iterator[str]:
+        for number, line in numbered:
+            current["line"] = number
+            yield line
+
+    for record in csv.DictReader(text_lines()):
+        record["_line"] = current["line"]
+        yield record
+
+
+def read_jsonl(stream: IO[bytes]) -> Iterator[Record]:
+    for number, line in _lines(stream):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InputError(f"line {number}: not valid JSON ({error.msg})") from None
+        if not isinstance(record, dict):
+            raise InputError(f"line {number}: expected a JSON object, got {type(record).__name__}")
+        yield {**record, "_line": number}
+
+
+def read_parquet(path: Path, batch_size: int) -> Iterator[Record]:
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+        yield from batch.to_pylist()
+
+
+def read_stdin_lines(stream: IO[bytes], text_column: str) -> Iterator[Record]:
+    """One review per line (the trailing newline removed); the line's text goes in ``text_column``."""
+    for number, line in _lines(stream):
+        yield {text_column: line.rstrip("\r\n"), "_line": number}
+
+
+def records(source: Path | None, text_column: str, batch_size: int, stdin: IO[bytes]) -> Iterator[Record]:
+    """The input records of a file, or of stdin lines when ``source`` is None."""
+    if source is None:
+        yield from read_stdin_lines(stdin, text_column)
+        return
+    if not source.exists():
+        raise InputError(f"input not found: {source}")
+    fmt = file_format(source)
+    if fmt == "parquet":
+        yield from read_parquet(source, batch_size)
+        return
+    with source.open("rb") as stream:
+        yield from (read_csv if fmt == "csv" else read_jsonl)(stream)
+
+
+def review_of(record: Record, row: int, text_column: str) -> str:
+    """The record's review text; InputError naming the row (and line) when absent or not a string."""
+    where = f"row {row}" + (f" (line {record['_line']})" if "_line" in record else "")
+    if text_column not in record:
+        columns = [key for key in record if key != "_line"]
+        raise InputError(f"{where}: no '{text_column}' column (columns: {columns}); see --text-column")
+    value = record[text_column]
+    if value is None or (isinstance(value, float) and value != value):
+        raise InputError(f"{where}: '{text_column}' is missing")
+    if not isinstance(value, str):
+        raise InputError(f"{where}: '{text_column}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def batches(items: Iterable[Record], size: int) -> Iterator[list[Record]]:
+    batch: list[Record] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def score_records(
+    score: Scorer, items: Iterable[Record], text_column: str, batch_size: int
+) -> Iterator[pd.DataFrame]:
+    """Scored batches: the input columns plus ``probability`` and ``label``, in input order."""
+    row = 0
+    for batch in batches(items, batch_size):
+        texts = [review_of(record, row + i + 1, text_column) for i, record in enumerate(batch)]
+        row += len(batch)
+        frame = pd.DataFrame([{k: v for k, v in record.items() if k != "_line"} for record in batch])
+        scored = score(texts)
+        frame["probability"] = scored["probability"].to_numpy()
+        frame["label"] = scored["label"].to_numpy()
+        yield frame
+
+
+class Writer:
+    """Appends scored batches to a CSV/JSONL/Parquet file, or CSV to a text stream."""
+
+    def __init__(self, target: Path | None, stdout: IO[str]) -> None:
+        self._fmt = "csv" if target is None else file_format(target)
+        self._target = target
+        self._stream: IO[str] | None = stdout if target is None else None
+        self._parquet = None
+        self._header = True
+        self.rows = 0
+
+    def write(self, frame: pd.DataFrame) -> None:
+        self.rows += len(frame)
+        if self._fmt == "parquet":
+            self._write_parquet(frame)
+            return
+        if self._stream is None:
+            self._stream = self._target.open("w", encoding="utf-8", newline="")
+        if self._fmt == "csv":
+            frame.to_csv(self._stream, index=False, header=self._header)
+        else:
+            text = frame.to_json(orient="records", lines=True, double_precision=15, force_ascii=False)
+            self._stream.write(text if text.endswith("\n") else text + "\n")
+        self._header = False
+
+    def _write_parquet(self, frame: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        if self._parquet is None:
+            self._parquet = pq.ParquetWriter(self._target, table.schema)
+        self._parquet.write_table(table.cast(self._parquet.schema))
+
+    def close(self) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+        if self._stream is not None and self._target is not None:
+            self._stream.close()
+        elif self._stream is not None:
+            self._stream.flush()
+
+
+def predict_file(
+    score: Scorer,
+    source: Path | None,
+    target: Path | None,
+    *,
+    text_column: str = "text",
+    batch_size: int = 256,
+    stdin: IO[bytes],
+    stdout: IO[str],
+    progress: bool = True,
+) -> int:
+    """Score every record of ``source`` (stdin lines when None) into ``target`` (stdout CSV when None).
+
+    Returns the number of reviews scored. Raises InputError naming the first bad row; a partly
+    written output file is removed.
+    """
+    from tqdm import tqdm
+
+    writer = Writer(target, stdout)
+    items = records(source, text_column, batch_size, stdin)
+    bar = tqdm(unit=" reviews", disable=not progress, file=sys.stderr)
+    try:
+        for frame in score_records(score, items, text_column, batch_size):
+            writer.write(frame)
+            bar.update(len(frame))
+    except BaseException:
+        writer.close()
+        if target is not None and target.exists():
+            target.unlink()
+        raise
+    finally:
+        bar.close()
+    writer.close()
+    return writer.rows
