@@ -93,7 +93,9 @@ class TrackingConfig(_Frozen):
     promotion_alpha: float = Field(
         0.05, gt=0.0, le=1.0, description="McNemar exact test level to promote; 1 turns the test off"
     )
-    min_gain: float = Field(0.0, ge=0.0, le=1.0, description="test accuracy a challenger must gain to promote")
+    min_gain: float = Field(
+        0.0, ge=0.0, le=1.0, description="test accuracy a challenger must gain to promote"
+    )
 
     def artifact_location(self) -> str:
         """Where new experiments keep artifacts: absolute, so every process finds them."""

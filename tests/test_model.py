@@ -1,0 +1,100 @@
+"""model: the notebook presets as Keras counts them, every cell and shape, and it can learn."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.config import HParams
+from pipeline.model import PRESETS, build_model
+
+
+@pytest.mark.parametrize(
+    ("preset", "params"),
+    [
+        ("notebook-lstm", 8_809),
+        ("notebook-2lstm", 9_353),
+        ("notebook-gru", 8_633),
+        ("notebook-simple-rnn", 5_009),
+        ("notebook-2gru", 161_065),
+    ],
+)
+def test_preset_parameter_counts_match_the_notebooks(preset, params):
+    chosen = PRESETS[preset]
+
+    assert build_model(chosen.hparams, chosen.vocab_size).count_params() == params
+
+
+def _recurrent_layers(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Bidirectional):
+            yield layer.forward_layer
+            yield layer.backward_layer
+        elif isinstance(layer, keras.layers.RNN):
+            yield layer
+
+
+@pytest.mark.parametrize(
+    ("cell", "layer_type"),
+    [("simple_rnn", keras.layers.SimpleRNN), ("lstm", keras.layers.LSTM), ("gru", keras.layers.GRU)],
+)
+def test_each_cell_builds_a_classifier_of_any_length(cell, layer_type):
+    model = build_model(HParams(cell=cell, units=4, embedding_dim=4), vocab_size=50)
+
+    assert [type(layer) for layer in _recurrent_layers(model)] == [layer_type]
+    for length in (3, 11):
+        scores = model.predict(np.ones((2, length), dtype="int32"), verbose=0)
+        assert scores.shape == (2, 1)
+        assert ((scores > 0) & (scores < 1)).all()
+
+
+def test_bidirectional_doubles_the_recurrent_width():
+    single = build_model(HParams(units=6, embedding_dim=4), vocab_size=50)
+    double = build_model(HParams(units=6, embedding_dim=4, bidirectional=True), vocab_size=50)
+
+    assert single.get_layer("probability").input.shape[-1] == 6
+    assert double.get_layer("probability").input.shape[-1] == 12
+    assert len(list(_recurrent_layers(double))) == 2
+
+
+def test_stacked_layers_pass_sequences_and_the_last_one_a_vector():
+    model = build_model(HParams(cell="lstm", units=5, layers=3, embedding_dim=4, dropout=0.3), vocab_size=50)
+
+    recurrent = list(_recurrent_layers(model))
+    assert [layer.return_sequences for layer in recurrent] == [True, True, False]
+    assert [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)] == [0.3] * 3
+    assert model.predict(np.ones((1, 7), dtype="int32"), verbose=0).shape == (1, 1)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_no_layer_uses_recurrent_dropout(preset):
+    chosen = PRESETS[preset]
+    hparams = chosen.hparams.model_copy(update={"bidirectional": True, "dropout": 0.5})
+
+    model = build_model(hparams, vocab_size=50)
+
+    recurrent = list(_recurrent_layers(model))
+    assert recurrent
+    assert all(layer.cell.recurrent_dropout == 0 and layer.cell.dropout == 0 for layer in recurrent)
+
+
+def test_a_tiny_model_overfits_a_handful_of_reviews(sample_data):
+    from pipeline.config import TrainConfig
+    from pipeline.data import Split
+    from pipeline.train import fit
+
+    keep = np.concatenate([np.flatnonzero(sample_data.train.y == label)[:8] for label in (0, 1)])
+    few = sample_data.train.subset(keep)
+    few = Split(few.x[:, -24:], few.y, np.minimum(few.lengths, 24))  # the last 24 tokens of 16 reviews
+    model = build_model(
+        HParams(cell="gru", units=16, embedding_dim=16, learning_rate=0.02), len(sample_data.vocabulary) + 2
+    )
+    cfg = TrainConfig(batch_size=16, epochs=15, patience=15, monitor="val_loss", buckets=1)
+
+    result = fit(model, few, few, cfg, widths=(24,))
+
+    losses = result.history["loss"]
+    assert result.epochs == 15
+    assert losses[-1] < 0.2 * losses[0]
+    assert result.history["val_accuracy"][result.best_epoch - 1] == 1.0
