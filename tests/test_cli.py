@@ -1,0 +1,102 @@
+"""Bad input and faults through the command line: a clear message, a non-zero exit, nothing half-written."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from pipeline.config import SAMPLE_ARCHIVE
+
+runner = CliRunner()
+
+
+def _store_options(tmp_path, registry: bool = True):
+    options = [
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+        "--experiment-name",
+        "cli-test",
+    ]
+    return [*options, "--model-name", "cli-test-model"] if registry else options
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (["--vocab-size", "1"], "data.vocab_size (--vocab-size)"),
+        (["--cell", "transformer"], "--cell"),
+        (["--trials", "0"], "search.trials (--trials)"),
+        (["--pruner", "sometimes"], "search.pruner (--pruner)"),
+        (["--monitor", "accuracy"], "train.monitor (--monitor)"),
+        (["--subset", "1.5"], "search.subset (--subset)"),
+    ],
+)
+def test_invalid_option_exits_non_zero_naming_it_and_writes_nothing(tmp_path, options, named):
+    result = runner.invoke(app, ["run", *options, *_store_options(tmp_path)])
+    assert result.exit_code == 2
+    assert named in result.output
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_missing_archive_is_named_and_no_run_is_created(tmp_path):
+    missing = tmp_path / "nowhere" / "aclImdb_v1.tar.gz"
+    result = runner.invoke(app, ["prepare", "--data", str(missing)])
+    assert result.exit_code == 1
+    assert str(missing) in result.output
+
+
+def test_corrupt_archive_is_named(tmp_path):
+    corrupt = tmp_path / "aclImdb_v1.tar.gz"
+    corrupt.write_bytes(SAMPLE_ARCHIVE.read_bytes()[:5000])  # a download cut short
+    result = runner.invoke(app, ["prepare", "--data", str(corrupt)])
+    assert result.exit_code == 1
+    assert f"cannot read archive {corrupt}" in result.output
+
+
+def test_unknown_preset_is_named(tmp_path):
+    result = runner.invoke(app, ["train", "--preset", "notebook-transformer", *_store_options(tmp_path)])
+    assert result.exit_code == 2
+    assert "--preset" in result.output and "notebook-lstm" in result.output
+
+
+@pytest.mark.integration
+def test_search_where_every_trial_fails_ends_failed_with_reasons_and_registers_nothing(tmp_path, monkeypatch):
+    """A trial that raises ends FAILED with its reason; the study goes on; no run is left RUNNING."""
+    from mlflow.tracking import MlflowClient
+
+    import pipeline.search
+
+    def broken_training(*args, **kwargs):
+        raise FloatingPointError("loss became nan at epoch 1")
+
+    monkeypatch.setattr(pipeline.search, "train_model", broken_training)
+    options = ["--data", str(SAMPLE_ARCHIVE), "--limit", "100", "--max-len", "50", "--trials", "2"]
+    store = _store_options(tmp_path, registry=False)
+    result = runner.invoke(app, ["search", *options, *store, "--study-name", "broken"])
+    assert result.exit_code == 1
+    assert "no trial completed (2 failed" in result.output
+
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("cli-test").experiment_id])
+    trials = [r for r in runs if r.data.tags.get("stage") == "trial"]
+    parents = [r for r in runs if r.data.tags.get("stage") == "pipeline"]
+    assert len(trials) == 2 and len(parents) == 1
+    assert all(r.info.status == "FAILED" for r in runs)
+    assert all("FloatingPointError: loss became nan" in r.data.tags["failure_reason"] for r in trials)
+    assert "SearchError" in parents[0].data.tags["failure_reason"]
+    assert client.search_registered_models() == []
+
+
+@pytest.mark.integration
+def test_the_flow_stops_on_a_folder_without_pos_neg_naming_it(tmp_path):
+    from prefect.testing.utilities import prefect_test_harness
+
+    folder = tmp_path / "aclImdb"
+    (folder / "train" / "unsup").mkdir(parents=True)
+    with prefect_test_harness(server_startup_timeout=120):
+        result = runner.invoke(app, ["run", "--data", str(folder), *_store_options(tmp_path)])
+    assert result.exit_code == 1
+    assert f"{folder}: expected train/pos" in result.output
+    assert not (tmp_path / "mlruns" / "artifacts").exists()  # no run was started

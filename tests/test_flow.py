@@ -1,0 +1,156 @@
+"""End to end: the real Prefect flow on shipped reviews, checked through MLflow's public API."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config import SAMPLE_ARCHIVE, build_config
+
+pytestmark = pytest.mark.integration
+
+RUN_PARAMS = {
+    "cell",
+    "units",
+    "layers",
+    "bidirectional",
+    "dropout",
+    "learning_rate",
+    "embedding_dim",
+    "vocab_size",
+    "max_len",
+    "batch_size",
+}
+EPOCH_METRICS = {"loss", "accuracy", "val_loss", "val_accuracy"}
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    return root
+
+
+def _config(store, **overrides):
+    options = {
+        "data.path": SAMPLE_ARCHIVE,
+        "data.cache_dir": store / "cache",
+        "data.max_len": 200,
+        "data.vocab_size": 3000,
+        "data.limit": 600,  # per split: 480 train / 120 validation, 600 test
+        "search.trials": 2,
+        "search.epochs": 2,
+        "search.cells": ("gru",),
+        "search.study_name": "flow-test",
+        "train.epochs": 4,
+        "tracking.tracking_uri": f"sqlite:///{store / 'mlruns' / 'mlflow.db'}",
+        "tracking.experiment_name": "flow-test",
+        "tracking.model_name": "flow-test-model",
+    }
+    return build_config({**options, **overrides})
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_api, store):
+    from flows.training import training_flow
+
+    cfg = _config(store)
+    return cfg, training_flow(config=cfg)
+
+
+def _client(cfg):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(cfg.tracking.tracking_uri, registry_uri=cfg.tracking.tracking_uri)
+
+
+def test_parent_run_has_nested_trial_runs_with_comparable_params_and_epoch_metrics(first_run):
+    cfg, summary = first_run
+    client = _client(cfg)
+    parent = client.get_run(summary["run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["data.max_len"] == "200"
+    assert parent.data.params["dataset_digest"]
+    experiment = client.get_experiment_by_name("flow-test")
+    children = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert len(children) == 2
+    for child in children:
+        assert RUN_PARAMS <= set(child.data.params)
+        assert child.info.status in {"FINISHED", "KILLED"}  # complete or pruned, never left RUNNING
+        history = client.get_metric_history(child.info.run_id, "val_accuracy")
+        assert [m.step for m in history] == list(range(1, len(history) + 1))
+        assert EPOCH_METRICS <= set(child.data.metrics)
+    assert RUN_PARAMS <= set(parent.data.params)  # the final model's params, same names
+
+
+def test_parent_run_holds_test_metrics_plots_and_the_model(first_run):
+    cfg, summary = first_run
+    client = _client(cfg)
+    run = client.get_run(summary["run_id"])
+    for metric in ("test_accuracy", "test_precision", "test_recall", "test_f1", "test_roc_auc", "test_loss"):
+        assert 0.0 <= run.data.metrics[metric] <= max(1.0, run.data.metrics["test_loss"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert artifacts == {"plots/learning_curves.png", "plots/confusion_matrix.png"}
+    assert "model/MLmodel" in {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert len(client.get_metric_history(run.info.run_id, "val_loss")) >= 1
+
+
+def test_registry_consumer_scores_raw_text_with_public_api_only(first_run):
+    import mlflow
+
+    cfg, summary = first_run
+    client = _client(cfg)
+    version = client.get_model_version_by_alias("flow-test-model", "champion")
+    assert str(version.version) == str(summary["registered_version"])
+    assert float(version.tags["test_accuracy"]) == pytest.approx(summary["test_metrics"]["test_accuracy"])
+    assert version.tags["run_id"] == summary["run_id"]
+    assert version.tags["dataset_digest"] and version.tags["cell"] == "gru"
+
+    mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
+    model = mlflow.pyfunc.load_model("models:/flow-test-model@champion")
+    assert model.metadata.signature is not None
+    assert model.metadata.saved_input_example_info is not None
+    reviews = [
+        "One of the best films I have seen, wonderful acting.",
+        "Terrible. Boring plot, awful acting.",
+        "",
+    ]
+    scored = model.predict(pd.DataFrame({"text": reviews}))
+    assert list(scored.columns) == ["probability", "label"]
+    assert np.all((scored["probability"] >= 0) & (scored["probability"] <= 1))
+    assert set(scored["label"]) <= {"positive", "negative"}
+
+
+def test_a_worse_second_run_registers_a_challenger_and_keeps_the_champion(first_run, store):
+    from flows.training import training_flow
+
+    cfg, first = first_run
+    # A two-word vocabulary leaves the model only review length to go on: clearly worse.
+    worse_cfg = _config(
+        store,
+        **{
+            "data.vocab_size": 2,
+            "search.trials": 1,
+            "search.study_name": "flow-test-worse",
+            "train.epochs": 1,
+        },
+    )
+    second = training_flow(config=worse_cfg)
+    assert second["test_metrics"]["test_accuracy"] < first["test_metrics"]["test_accuracy"]
+    client = _client(cfg)
+    assert str(client.get_model_version_by_alias("flow-test-model", "champion").version) == str(
+        first["registered_version"]
+    )
+    challenger = client.get_model_version("flow-test-model", str(second["registered_version"]))
+    assert challenger.tags["promotion"] == "challenger"
+    assert second["promoted"] is False

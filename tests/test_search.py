@@ -1,0 +1,97 @@
+"""The Optuna search and the training it drives, on a few hundred real reviews."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import optuna
+import pytest
+
+from pipeline.config import SAMPLE_ARCHIVE, HParams, build_config, run_params
+from pipeline.data import prepare
+from pipeline.search import SearchError, best_hparams, create_study, run_search, suggest_hparams, trial_data
+from pipeline.train import TrainingDiverged, train_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    cfg = build_config(
+        {
+            "data.path": SAMPLE_ARCHIVE,
+            "data.cache_dir": root / "cache",
+            "data.limit": 200,
+            "data.max_len": 60,
+            "data.vocab_size": 1000,
+            "search.trials": 1,
+            "search.epochs": 1,
+            "search.storage": f"sqlite:///{root / 'optuna.db'}",
+            "train.epochs": 2,
+        }
+    )
+    return cfg, prepare(cfg.data)
+
+
+def test_search_space_names_match_the_logged_params(tiny):
+    cfg, _ = tiny
+    trial = optuna.create_study().ask()
+    hparams = suggest_hparams(trial, cfg.search)
+    assert set(trial.params) == set(HParams.model_fields)
+    assert set(trial.params) <= set(run_params(hparams, cfg))
+
+
+def test_a_second_search_with_the_same_name_resumes_the_study(tiny):
+    cfg, data = tiny
+    cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"study_name": "resume-me"})})
+    first = run_search(data, cfg)
+    second = run_search(data, cfg)
+    assert first.complete + first.pruned + first.failed == 1
+    assert second.complete + second.pruned + second.failed == 2
+    assert best_hparams(cfg) == second.best_hparams
+
+
+def test_a_study_cannot_silently_switch_direction(tiny):
+    cfg, _ = tiny
+    create_study(cfg.model_copy(update={"search": cfg.search.model_copy(update={"study_name": "dir"})}))
+    flipped = build_config(
+        {"search.study_name": "dir", "search.storage": cfg.search.storage, "train.monitor": "val_loss"}
+    )
+    with pytest.raises(SearchError, match="monitor=val_loss"):
+        create_study(flipped)
+
+
+def test_missing_study_is_named(tiny):
+    cfg, _ = tiny
+    missing = cfg.model_copy(update={"search": cfg.search.model_copy(update={"study_name": "never-ran"})})
+    with pytest.raises(SearchError, match="never-ran"):
+        best_hparams(missing)
+
+
+def test_trials_train_on_a_subset_of_shorter_reviews_and_keep_all_validation(tiny):
+    cfg, data = tiny
+    search = cfg.search.model_copy(update={"subset": 0.5, "max_len": 20})
+    view = trial_data(data, search)
+    assert len(view.train) == len(data.train) // 2
+    assert len(view.val) == len(data.val)
+    assert view.train.x.shape[1] == view.val.x.shape[1] == view.max_len == 20
+    assert np.array_equal(view.val.x, data.val.x[:, -20:])  # the end of each review is kept
+
+
+def test_nan_loss_raises_training_diverged(tiny):
+    cfg, data = tiny
+    poisoned = replace(data, train=replace(data.train, y=np.full(len(data.train), np.nan)))
+    with pytest.raises(TrainingDiverged):
+        train_model(HParams(cell="gru", units=4, embedding_dim=4), poisoned, cfg.train, epochs=2)
+
+
+def test_training_keeps_the_best_epoch_and_reports_it(tiny):
+    cfg, data = tiny
+    _, result = train_model(
+        HParams(cell="gru", units=8, embedding_dim=8, learning_rate=1e-2), data, cfg.train
+    )
+    values = result.history["val_accuracy"]
+    assert result.epochs == len(values) == 2
+    assert result.best_value == max(values)
+    assert values[result.best_epoch - 1] == result.best_value
+    assert set(result.history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
