@@ -55,9 +55,15 @@ def read_csv(stream: IO[bytes]) -> Iterator[Record]:
             current["line"] = number
             yield line
 
-    for record in csv.DictReader(text_lines()):
-        record["_line"] = current["line"]
-        yield record
+    # A review may be far longer than csv's default 128 KiB field limit.
+    csv.field_size_limit(sys.maxsize)
+    reader = csv.DictReader(text_lines())
+    try:
+        for record in reader:
+            record["_line"] = current["line"]
+            yield record
+    except csv.Error as error:
+        raise InputError(f"line {current['line']}: not valid CSV ({error})") from None
 
 
 def read_jsonl(stream: IO[bytes]) -> Iterator[Record]:

@@ -78,6 +78,10 @@ def review_texts(model_input) -> list[str]:
     if isinstance(values, str):
         values = [values]
     values = values.tolist() if isinstance(values, np.ndarray | pd.Series) else list(values)
+    # The server turns {"inputs": ["a", "b"]} under the signature's Any-typed column into one row
+    # holding the whole list: that row is the list of reviews.
+    if len(values) == 1 and isinstance(values[0], list | tuple | np.ndarray):
+        values = list(values[0])
     for row, value in enumerate(values):
         if not isinstance(value, str):
             got = "a missing value" if _missing(value) else type(value).__name__

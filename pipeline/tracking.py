@@ -25,8 +25,9 @@ import optuna
 import pandas as pd
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import AnyType, ColSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from pipeline.config import PipelineConfig, TrackingConfig
@@ -231,12 +232,19 @@ def log_model(run: RunHandle, keras_model, data: PreparedData, widths: tuple[int
             python_model=SentimentModel(),
             artifacts=artifacts,
             code_paths=code_paths,
-            signature=infer_signature(example, sample_output),
+            signature=_signature(sample_output),
             input_example=example,
             pip_requirements=_requirements(),
         )
         run.client.log_artifacts(run.run_id, str(model_dir), MODEL_ARTIFACT)
     return f"runs:/{run.run_id}/{MODEL_ARTIFACT}"
+
+
+def _signature(sample_output: pd.DataFrame) -> ModelSignature:
+    """``text`` in, (probability, label) out. The input column is typed Any so that MLflow hands a
+    None or a number to the model, which names the row, instead of casting it to "None" or "1"."""
+    inputs = Schema([ColSpec(AnyType(), "text")])
+    return ModelSignature(inputs=inputs, outputs=infer_signature(None, sample_output).outputs)
 
 
 def _requirements() -> list[str]:

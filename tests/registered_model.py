@@ -1,0 +1,65 @@
+"""A tiny model trained on the shared sample and registered in a temporary store (test helper).
+
+Shared by test_registry, test_serve and test_predict; not a test module itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import HParams, PipelineConfig, TrainConfig, build_config
+from pipeline.data import PreparedData
+
+
+@dataclass(frozen=True)
+class Registered:
+    cfg: PipelineConfig
+    data: PreparedData
+    model_uri: str  # runs:/… of the logged pyfunc
+    run_id: str
+    correct: np.ndarray
+    version: str
+
+    @property
+    def champion_uri(self) -> str:
+        return f"models:/{self.cfg.tracking.model_name}@champion"
+
+
+def store_config(root: Path, name: str = "test-model") -> PipelineConfig:
+    return build_config(
+        {
+            "tracking.tracking_uri": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
+            "tracking.experiment_name": name,
+            "tracking.model_name": name,
+        }
+    )
+
+
+def register_tiny_model(root: Path, data: PreparedData, name: str = "test-model") -> Registered:
+    """Train one epoch of a small GRU, log the pyfunc, register it (it becomes champion)."""
+    from pipeline import registry, tracking
+    from pipeline.batching import predict_proba
+    from pipeline.evaluate import evaluate
+    from pipeline.train import train_model
+
+    cfg = store_config(root, name)
+    hparams = HParams(cell="gru", units=8, embedding_dim=8)
+    model, result = train_model(hparams, data, TrainConfig(epochs=1, batch_size=32))
+    evaluation = evaluate(data.test.y, predict_proba(model, data.test.x, data.test.lengths, result.widths))
+    with tracking.pipeline_run(cfg, data, run_name="tiny") as run:
+        model_uri = tracking.log_model(run, model, data, result.widths)
+    evidence = {
+        **evaluation.metrics,
+        **hparams.model_dump(),
+        **data.summary(),
+        "run_id": run.run_id,
+        "max_len": data.max_len,
+    }
+    test = registry.TestSplit(data.test_texts, data.test.y)
+    decision = registry.register_and_promote(
+        cfg.tracking, model_uri, run.run_id, evidence, test=test, correct=evaluation.correct
+    )
+    return Registered(cfg, data, model_uri, run.run_id, evaluation.correct, decision.version)
