@@ -1,0 +1,34 @@
+"""What a benchmark ran on: the CPU, its cores, Python and the versions that shape the figures."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("tensorflow-cpu", "keras", "mlflow", "prefect", "optuna", "scikit-learn", "numpy")
+
+
+def environment() -> dict[str, Any]:
+    cpu = "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "versions": versions}
+
+
+def versions_line(env: dict[str, Any]) -> str:
+    return f"Python {env['python']}, " + ", ".join(f"{k} {v}" for k, v in env["versions"].items())

@@ -1,0 +1,279 @@
+"""The notebook recipe and the pipeline, side by side on this machine.
+
+    python -m benchmarks.notebook_vs_pipeline                 # full dataset, ~40 minutes on 2 cores
+    python -m benchmarks.notebook_vs_pipeline --quick         # a subset, a few minutes
+
+1. Data prep of the archive, cold (empty cache) and cached.
+2. The notebook recipe: Embedding(10000,16) → LSTM(8), length 500, RMSprop 1e-4, batch 64,
+   EarlyStopping(patience=3, restore_best_weights), plain ``model.fit`` on fully padded arrays.
+3. The same architecture through the pipeline's training path (length buckets + XLA): seconds
+   per epoch and the share of padded timesteps, for the speed-up on equal work.
+4. The whole pipeline as a Prefect flow (prep, search, final training, evaluation, registry) in a
+   throw-away MLflow store: wall time, test accuracy, trials completed/pruned, bookkeeping share.
+
+Writes ``benchmarks/results/notebook_vs_pipeline[-quick].json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.environment import environment, versions_line
+
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_ARCHIVE = REPO.parent / "shared" / "data" / "aclImdb_v1.tar.gz"
+RESULTS = REPO / "benchmarks" / "results"
+
+# The pipeline's settings for the full dataset: search short (trials on 30% of the reviews, their
+# last 200 tokens, 2 epochs, two processes), then train the winner in full with XLA and buckets.
+FULL_PROFILE: dict[str, Any] = {
+    "data.vocab_size": 20_000,
+    "data.max_len": 500,
+    "search.trials": 20,
+    "search.epochs": 2,
+    "search.subset": 0.3,
+    "search.max_len": 200,
+    "search.workers": 2,
+    "search.timeout": 900,
+    "train.epochs": 8,
+    "train.patience": 2,
+    "train.buckets": 8,
+}
+QUICK_PROFILE: dict[str, Any] = {
+    **FULL_PROFILE,
+    "data.limit": 2_000,
+    "search.trials": 4,
+    "search.epochs": 1,
+    "search.subset": 1.0,
+    "train.epochs": 2,
+}
+
+
+class EpochTimer:
+    """Wall seconds of each epoch (a Keras callback built lazily so importing stays cheap)."""
+
+    def __new__(cls):
+        import keras
+
+        class _Timer(keras.callbacks.Callback):
+            def __init__(self) -> None:
+                super().__init__()
+                self.seconds: list[float] = []
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self._started = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.seconds.append(time.perf_counter() - self._started)
+
+        return _Timer()
+
+
+def steady(seconds: list[float]) -> float:
+    """Median epoch time after the first (which carries tracing/compilation)."""
+    return statistics.median(seconds[1:] or seconds)
+
+
+def measure_prep(overrides: dict[str, Any]) -> tuple[Any, dict[str, float]]:
+    from pipeline.config import build_config
+    from pipeline.data import prepare
+
+    with tempfile.TemporaryDirectory() as cache:
+        cfg = build_config({**overrides, "data.cache_dir": cache})
+        cold = prepare(cfg.data)
+        cached = prepare(cfg.data)
+    assert cached.from_cache and not cold.from_cache
+    return cold, {"prep_cold_seconds": cold.prep_seconds, "prep_cached_seconds": cached.prep_seconds}
+
+
+def notebook_recipe(data, max_epochs: int) -> dict[str, Any]:
+    """The notebook, as written: full-length padded arrays, no XLA, early stopping on val_loss."""
+    import keras
+    import numpy as np
+
+    from pipeline.model import PRESETS, build_model
+
+    keras.utils.set_random_seed(42)
+    keras.backend.clear_session()
+    model = build_model(PRESETS["notebook-recipe"].hparams, len(data.vocabulary) + 2, jit_compile=False)
+    timer = EpochTimer()
+    started = time.perf_counter()
+    model.fit(
+        data.train.x,
+        data.train.y.astype("float32"),
+        batch_size=64,
+        epochs=max_epochs,
+        validation_data=(data.val.x, data.val.y.astype("float32")),
+        callbacks=[keras.callbacks.EarlyStopping(patience=3, restore_best_weights=True), timer],
+        verbose=0,
+    )
+    wall = time.perf_counter() - started
+    _, accuracy = model.evaluate(data.test.x, data.test.y.astype("float32"), batch_size=512, verbose=0)
+    lengths = data.train.lengths
+    return {
+        "test_accuracy": float(accuracy),
+        "wall_seconds": wall,
+        "epochs": len(timer.seconds),
+        "seconds_per_epoch": steady(timer.seconds),
+        "padding_share": float(1 - np.minimum(lengths, data.max_len).sum() / (len(lengths) * data.max_len)),
+    }
+
+
+def pipeline_training_path(data, train_overrides: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """The notebook's architecture through ``pipeline.train.fit``: buckets + XLA, equal work."""
+    import keras
+    import numpy as np
+
+    from pipeline.batching import epoch_batches
+    from pipeline.config import build_config
+    from pipeline.model import PRESETS, build_model
+    from pipeline.train import fit, widths_for
+
+    cfg = build_config({**train_overrides, "train.jit_compile": True}).train
+    keras.backend.clear_session()
+    model = build_model(PRESETS["notebook-recipe"].hparams, len(data.vocabulary) + 2, jit_compile=True)
+    widths = widths_for(data.train, cfg, data.max_len)
+    timer = EpochTimer()
+    result = fit(model, data.train, data.val, cfg, widths=widths, epochs=epochs, callbacks=[timer])
+    batches = epoch_batches(data.train.lengths, widths, cfg.batch_size, np.random.default_rng(0))
+    fed = sum(width * len(members) for width, members in batches)
+    return {
+        "seconds_per_epoch": steady(timer.seconds),
+        "first_epoch_seconds": timer.seconds[0],
+        "epochs": result.epochs,
+        "bucket_widths": list(widths),
+        "padding_share": float(1 - data.train.lengths.sum() / fed),
+    }
+
+
+def pipeline_run(overrides: dict[str, Any], data_path: Path) -> dict[str, Any]:
+    """The whole flow in a throw-away store; bookkeeping share from the study's own timings."""
+    import optuna
+
+    from flows.training import training_flow
+    from pipeline.config import build_config
+    from pipeline.tracking import client_for
+
+    with tempfile.TemporaryDirectory() as store:
+        cfg = build_config(
+            {
+                **overrides,
+                "data.path": data_path,
+                "search.study_name": f"benchmark-{int(time.time())}",
+                "search.storage": f"sqlite:///{store}/optuna.db",
+                "tracking.tracking_uri": f"sqlite:///{store}/mlflow.db",
+                "data.cache_dir": f"{store}/cache",  # starts empty: prep is timed cold
+            }
+        )
+        started = time.perf_counter()
+        summary = training_flow(config=cfg)
+        wall = time.perf_counter() - started
+        final = client_for(cfg.tracking).get_run(summary["run_id"]).data.metrics
+        study = optuna.load_study(study_name=cfg.search.study_name, storage=cfg.study_storage())
+        trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    trial_wall = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in complete)
+    fit_seconds = sum(t.user_attrs.get("seconds", 0.0) for t in complete)
+    return {
+        "test_accuracy": summary["test_metrics"]["test_accuracy"],
+        "test_metrics": summary["test_metrics"],
+        "wall_seconds": wall,
+        "trials_complete": len(complete),
+        "trials_pruned": sum(t.state.name == "PRUNED" for t in trials),
+        "trials_failed": sum(t.state.name == "FAIL" for t in trials),
+        "trial_overhead_share": 1 - fit_seconds / trial_wall if trial_wall else None,
+        "best_hparams": summary["best_hparams"],
+        "final_epochs": final.get("epochs_run"),
+        "final_seconds_per_epoch": final.get("seconds_per_epoch"),
+        "search_seconds": final.get("search_seconds"),
+        "promotion": summary.get("promotion_reason"),
+    }
+
+
+def markdown(results: dict[str, Any]) -> str:
+    nb, path, pipe = results["notebook"], results["pipeline_training_path"], results["pipeline"]
+    env = results["environment"]
+
+    def pct(value):
+        return "—" if value is None else f"{100 * value:.1f}%"
+
+    rows = [
+        "| | notebook recipe | pipeline |",
+        "|---|---|---|",
+        f"| test accuracy | {nb['test_accuracy']:.4f} | **{pipe['test_accuracy']:.4f}** |",
+        f"| wall time | {nb['wall_seconds'] / 60:.1f} min (1 model) | {pipe['wall_seconds'] / 60:.1f} min "
+        f"(prep + {pipe['trials_complete'] + pipe['trials_pruned'] + pipe['trials_failed']} trials + final + registry) |",
+        f"| trials completed / pruned | — | {pipe['trials_complete']} / {pipe['trials_pruned']} |",
+        f"| epochs (notebook model) | {nb['epochs']} | {path['epochs']} (speed probe) |",
+        f"| s/epoch, notebook architecture, after the first | {nb['seconds_per_epoch']:.1f} | "
+        f"{path['seconds_per_epoch']:.1f} (**{results['speedup']:.1f}×**; first epoch with XLA compiles "
+        f"{path['first_epoch_seconds']:.1f}) |",
+        f"| padded timesteps | {pct(nb['padding_share'])} | {pct(path['padding_share'])} (widths {path['bucket_widths']}) |",
+        f"| bookkeeping share of a trial (Optuna + MLflow + model build) | — | {pct(pipe['trial_overhead_share'])} |",
+        f"| data prep, cold / cached | {results['prep']['prep_cold_seconds']:.1f} s / "
+        f"{results['prep']['prep_cached_seconds']:.2f} s | same code |",
+    ]
+    return (
+        f"## Notebook recipe vs pipeline ({'quick subset' if results['quick'] else 'full dataset'})\n\n"
+        f"`{results['command']}` on {env['cpu']} ({env['cores']} cores), {results['date']}.\n\n"
+        + "\n".join(rows)
+        + f"\n\nPipeline best configuration: `{json.dumps(pipe['best_hparams'])}`.\n"
+        f"Versions: {versions_line(env)}.\n"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_ARCHIVE, help="aclImdb .tar.gz or folder")
+    parser.add_argument("--quick", action="store_true", help="2,000 reviews per split, few epochs and trials")
+    parser.add_argument("--notebook-epochs", type=int, default=None, help="epoch cap for the notebook recipe")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the .json and .md results")
+    args = parser.parse_args()
+
+    profile = QUICK_PROFILE if args.quick else FULL_PROFILE
+    notebook_data_options = {"data.path": args.data, "data.vocab_size": 10_000, "data.max_len": 500}
+    if args.quick:
+        notebook_data_options["data.limit"] = profile["data.limit"]
+    data_options = {k: v for k, v in profile.items() if k.startswith("data.")} | {"data.path": args.data}
+    train_options = {k: v for k, v in profile.items() if k.startswith("train.")}
+
+    results: dict[str, Any] = {
+        "quick": args.quick,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "command": "python -m benchmarks.notebook_vs_pipeline" + (" --quick" if args.quick else ""),
+        "environment": environment(),
+        "profile": {k: str(v) for k, v in profile.items()},
+    }
+    _, results["prep"] = measure_prep(data_options)
+    notebook_data, _ = measure_prep(notebook_data_options)
+    print("prep", results["prep"], flush=True)
+    results["notebook"] = notebook_recipe(notebook_data, args.notebook_epochs or (2 if args.quick else 30))
+    print("notebook", results["notebook"], flush=True)
+    results["pipeline_training_path"] = pipeline_training_path(notebook_data, train_options, epochs=3)
+    results["speedup"] = (
+        results["notebook"]["seconds_per_epoch"] / results["pipeline_training_path"]["seconds_per_epoch"]
+    )
+    print("training path", results["pipeline_training_path"], flush=True)
+    results["pipeline"] = pipeline_run(profile, args.data)
+    print("pipeline", results["pipeline"], flush=True)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "notebook_vs_pipeline" + ("-quick" if args.quick else "")
+    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2, default=str))
+    (args.out / f"{stem}.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
