@@ -59,6 +59,13 @@ VocabSize = Annotated[
 MaxLen = Annotated[
     int | None, typer.Option(help="tokens kept per review, from its end (default: 500)", rich_help_panel=DATA)
 ]
+CacheDir = Annotated[
+    Path | None,
+    typer.Option(
+        help="where prepared arrays are cached (default: .cache/prepared in the repository)",
+        rich_help_panel=DATA,
+    ),
+]
 Limit = Annotated[
     int | None,
     typer.Option(help="use at most this many reviews per split (stratified draw)", rich_help_panel=DATA),
@@ -170,6 +177,7 @@ def _config(**options: Any):
         "vocab_size": "data.vocab_size",
         "max_len": "data.max_len",
         "limit": "data.limit",
+        "cache_dir": "data.cache_dir",
         "trials": "search.trials",
         "timeout": "search.timeout",
         "search_epochs": "search.epochs",
@@ -192,8 +200,9 @@ def _config(**options: Any):
     }
     if options.get("cells"):
         options["cells"] = tuple(cell.value for cell in options["cells"])
-    if options.get("data") is not None:
-        options["data"] = options["data"].resolve()
+    for name in ("data", "cache_dir"):
+        if options.get(name) is not None:
+            options[name] = options[name].resolve()
     try:
         return build_config({keys[name]: value for name, value in options.items()})
     except ConfigError as error:
@@ -228,6 +237,7 @@ def run(
     vocab_size: VocabSize = None,
     max_len: MaxLen = None,
     limit: Limit = None,
+    cache_dir: CacheDir = None,
     trials: Trials = None,
     timeout: Timeout = None,
     search_epochs: SearchEpochs = None,
@@ -266,6 +276,7 @@ def prepare(
     vocab_size: VocabSize = None,
     max_len: MaxLen = None,
     limit: Limit = None,
+    cache_dir: CacheDir = None,
 ) -> None:
     """Read, split and encode the dataset (or load it from the cache); print sizes and balance."""
     cfg = _config(**locals())
@@ -283,6 +294,7 @@ def search(
     vocab_size: VocabSize = None,
     max_len: MaxLen = None,
     limit: Limit = None,
+    cache_dir: CacheDir = None,
     trials: Trials = None,
     timeout: Timeout = None,
     search_epochs: SearchEpochs = None,
@@ -336,6 +348,7 @@ def train(
     vocab_size: VocabSize = None,
     max_len: MaxLen = None,
     limit: Limit = None,
+    cache_dir: CacheDir = None,
     storage: Storage = None,
     epochs: Epochs = None,
     batch_size: BatchSize = None,
@@ -417,6 +430,7 @@ def serve(
     vocab_size: VocabSize = None,
     max_len: MaxLen = None,
     limit: Limit = None,
+    cache_dir: CacheDir = None,
     trials: Trials = None,
     timeout: Timeout = None,
     search_epochs: SearchEpochs = None,
