@@ -156,6 +156,21 @@ ExperimentName = Annotated[
 ModelName = Annotated[
     str | None, typer.Option(help="registered model name (default: imdb-sentiment)", rich_help_panel=TRACK)
 ]
+PromotionAlpha = Annotated[
+    float | None,
+    typer.Option(
+        help="promote only if McNemar's exact test on the same test reviews gives p below this "
+        "(default: 0.05; 1 turns the test off)",
+        rich_help_panel=TRACK,
+    ),
+]
+MinGain = Annotated[
+    float | None,
+    typer.Option(
+        help="promote only if test accuracy rises by at least this much over the champion (default: 0)",
+        rich_help_panel=TRACK,
+    ),
+]
 
 Force = Annotated[
     bool,
@@ -197,6 +212,8 @@ def _config(**options: Any):
         "tracking_uri": "tracking.tracking_uri",
         "experiment_name": "tracking.experiment_name",
         "model_name": "tracking.model_name",
+        "promotion_alpha": "tracking.promotion_alpha",
+        "min_gain": "tracking.min_gain",
     }
     if options.get("cells"):
         options["cells"] = tuple(cell.value for cell in options["cells"])
@@ -257,6 +274,8 @@ def run(
     tracking_uri: TrackingUri = None,
     experiment_name: ExperimentName = None,
     model_name: ModelName = None,
+    promotion_alpha: PromotionAlpha = None,
+    min_gain: MinGain = None,
     force: Force = False,
 ) -> None:
     """Run the whole pipeline as a Prefect flow: prep, search, final training, evaluation, registry.
@@ -359,6 +378,8 @@ def train(
     tracking_uri: TrackingUri = None,
     experiment_name: ExperimentName = None,
     model_name: ModelName = None,
+    promotion_alpha: PromotionAlpha = None,
+    min_gain: MinGain = None,
 ) -> None:
     """Train and evaluate one configuration (a preset, or a study's best), log it; optionally register."""
     from pipeline.model import PRESETS
@@ -450,6 +471,8 @@ def serve(
     tracking_uri: TrackingUri = None,
     experiment_name: ExperimentName = None,
     model_name: ModelName = None,
+    promotion_alpha: PromotionAlpha = None,
+    min_gain: MinGain = None,
 ) -> None:
     """Serve the training flow as a deployment on a cron schedule (needs a Prefect server).
 

@@ -30,6 +30,9 @@ def _store_options(tmp_path, registry: bool = True):
         (["--pruner", "sometimes"], "search.pruner (--pruner)"),
         (["--monitor", "accuracy"], "train.monitor (--monitor)"),
         (["--subset", "1.5"], "search.subset (--subset)"),
+        (["--search-epochs", "0"], "search.epochs (--search-epochs)"),
+        (["--promotion-alpha", "0"], "tracking.promotion_alpha (--promotion-alpha)"),
+        (["--min-gain", "-0.1"], "tracking.min_gain (--min-gain)"),
     ],
 )
 def test_invalid_option_exits_non_zero_naming_it_and_writes_nothing(tmp_path, options, named):
