@@ -27,19 +27,29 @@ def test_every_review_once_per_epoch_each_batch_as_wide_as_its_longest_review():
     widths, batch_size = (8, 16, 32), 8
     rng = np.random.default_rng(1)
 
-    orders = []
+    orders, shapes = [], []
     for _ in range(3):
         batches = epoch_batches(lengths, widths, batch_size, rng)
         members = np.concatenate([indices for _, indices in batches])
         np.testing.assert_array_equal(np.sort(members), np.arange(53))
         *full, (last_width, last) = batches
         assert [len(indices) for _, indices in full] == [8] * 6
-        assert (last_width, len(last)) == (32, 5), "the partial batch is fed at full width"
+        assert (last_width, len(last)) == (32, 5), "the left-over reviews are fed at full width"
         for width, indices in full:
-            assert width == _narrowest(widths, lengths[indices].max())
+            assert width >= lengths[indices].max()
         orders.append(members)
+        shapes.append(Counter((width, len(indices)) for width, indices in batches))
 
     assert not np.array_equal(orders[0], orders[1]), "every epoch draws a new order"
+    assert shapes[0] == shapes[1] == shapes[2], "the same batch shapes every epoch: XLA compiles once"
+
+
+def test_a_batch_of_a_bucket_takes_that_buckets_width():
+    lengths = np.array([1, 2, 3, 4, 9, 10, 11, 12, 30])
+    batches = epoch_batches(lengths, (4, 16, 32), 4, np.random.default_rng(0))
+
+    by_width = {width: sorted(lengths[indices].tolist()) for width, indices in batches}
+    assert by_width == {4: [1, 2, 3, 4], 16: [9, 10, 11, 12], 32: [30]}
 
 
 def test_batches_group_reviews_of_similar_length():
