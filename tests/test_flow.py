@@ -154,3 +154,57 @@ def test_a_worse_second_run_registers_a_challenger_and_keeps_the_champion(first_
     challenger = client.get_model_version("flow-test-model", str(second["registered_version"]))
     assert challenger.tags["promotion"] == "challenger"
     assert second["promoted"] is False
+
+
+def test_a_store_failure_at_registration_is_retried_with_backoff_and_the_run_completes(
+    first_run, store, monkeypatch
+):
+    from mlflow.exceptions import MlflowException
+
+    import pipeline.registry
+    from flows.training import training_flow
+
+    register = pipeline.registry.register_and_promote
+    calls = []
+
+    def briefly_unavailable(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise MlflowException("(sqlite3.OperationalError) database is locked")
+        return register(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline.registry, "register_and_promote", briefly_unavailable)
+    cfg = _config(store, **{"search.trials": 1, "search.study_name": "flow-test-retry", "train.epochs": 1})
+    summary = training_flow(config=cfg, force=True)
+
+    assert len(calls) == 2
+    client = _client(cfg)
+    assert client.get_run(summary["run_id"]).info.status == "FINISHED"
+    assert client.get_model_version("flow-test-model", str(summary["registered_version"]))
+
+
+def test_a_permanent_failure_fails_at_once_and_leaves_the_champion(first_run, store, monkeypatch):
+    import pipeline.search
+    from flows.training import training_flow
+
+    cfg, _ = first_run
+    client = _client(cfg)
+    champion = client.get_model_version_by_alias("flow-test-model", "champion").version
+    versions = len(client.search_model_versions("name = 'flow-test-model'"))
+    calls = []
+
+    def bad_config(*args, **kwargs):
+        calls.append(args)
+        raise TypeError("unsupported hyperparameter type")
+
+    monkeypatch.setattr(pipeline.search, "run_search", bad_config)
+    with pytest.raises(TypeError, match="unsupported hyperparameter type"):
+        training_flow(config=_config(store, **{"search.study_name": "flow-test-permanent"}), force=True)
+
+    assert len(calls) == 1  # not retried
+    experiment = client.get_experiment_by_name("flow-test")
+    assert not client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
+    failed = client.search_runs([experiment.experiment_id], "attributes.status = 'FAILED'")
+    assert any("unsupported hyperparameter type" in run.data.tags.get("failure_reason", "") for run in failed)
+    assert client.get_model_version_by_alias("flow-test-model", "champion").version == champion
+    assert len(client.search_model_versions("name = 'flow-test-model'")) == versions

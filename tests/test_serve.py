@@ -13,7 +13,7 @@ REVIEWS = [
     "One of the best films I have seen, wonderful acting and a moving story.",
     "Terrible. Boring plot, awful acting, I walked out.",
     "",
-    "x " * 300_000,  # ~600 KB: keeps its last max_len tokens
+    "x " * 500_000,  # 1 MB: keeps its last max_len tokens
 ]
 
 
