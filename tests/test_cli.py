@@ -75,6 +75,7 @@ def test_search_where_every_trial_fails_ends_failed_with_reasons_and_registers_n
 
     monkeypatch.setattr(pipeline.search, "train_model", broken_training)
     options = ["--data", str(SAMPLE_ARCHIVE), "--limit", "100", "--max-len", "50", "--trials", "2"]
+    options += ["--cache-dir", str(tmp_path / "cache")]
     store = _store_options(tmp_path, registry=False)
     result = runner.invoke(app, ["search", *options, *store, "--study-name", "broken"])
     assert result.exit_code == 1
