@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import pandas as pd
 
-from pipeline.serve import InputError
+from pipeline.serve import InputError, is_missing
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def review_of(record: Record, row: int, text_column: str) -> str:
         columns = [key for key in record if key != "_line"]
         raise InputError(f"{where}: no '{text_column}' column (columns: {columns}); see --text-column")
     value = record[text_column]
-    if value is None or (isinstance(value, float) and value != value):
+    if is_missing(value):
         raise InputError(f"{where}: '{text_column}' is missing")
     if not isinstance(value, str):
         raise InputError(f"{where}: '{text_column}' must be a string, got {type(value).__name__}")

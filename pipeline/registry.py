@@ -34,6 +34,7 @@ from mlflow.tracking import MlflowClient
 from scipy.stats import binomtest
 
 from pipeline.config import HParams, TrackingConfig
+from pipeline.evaluate import THRESHOLD
 from pipeline.tracking import client_for
 
 log = logging.getLogger(__name__)
@@ -262,7 +263,7 @@ def _score(model_uri: str, test: TestSplit) -> np.ndarray:
     from pipeline.serve import load_scorer
 
     probability = load_scorer(model_uri)(list(test.texts))["probability"].to_numpy()
-    return (probability >= 0.5).astype(int) == np.asarray(test.labels).astype(int)
+    return (probability >= THRESHOLD).astype(int) == np.asarray(test.labels).astype(int)
 
 
 def _record_evaluation(
@@ -404,7 +405,7 @@ def version_card(name: str, version: str, evidence: dict[str, Any], test: TestSp
     rows = [
         f"# {name} v{version}",
         "",
-        "IMDB review sentiment: raw review text in, P(positive) and a label (threshold 0.5) out.",
+        f"IMDB review sentiment: raw review text in, P(positive) and a label (threshold {THRESHOLD}) out.",
         "",
         "## Data",
         f"- dataset digest: `{evidence.get('dataset_digest', 'unknown')}` (aclImdb)",

@@ -84,12 +84,13 @@ def review_texts(model_input) -> list[str]:
         values = list(values[0])
     for row, value in enumerate(values):
         if not isinstance(value, str):
-            got = "a missing value" if _missing(value) else type(value).__name__
+            got = "a missing value" if is_missing(value) else type(value).__name__
             raise InputError(f"row {row}: '{TEXT_COLUMN}' must be a string, got {got}")
     return values
 
 
-def _missing(value) -> bool:
+def is_missing(value) -> bool:
+    """None or NaN: how pandas and JSON spell an absent review."""
     return value is None or (isinstance(value, float) and np.isnan(value))
 
 
@@ -116,10 +117,17 @@ def stage_model(
     keras_model, vocabulary: Sequence[str], max_len: int, widths: Sequence[int], folder: Path
 ) -> tuple[dict[str, str], list[str]]:
     """Write what the pyfunc needs under ``folder``: (artifacts, code_paths) for ``log_model``."""
+    from pipeline.evaluate import THRESHOLD  # training side only: not among _SERVING_MODULES
+
     folder.mkdir(parents=True, exist_ok=True)
     keras_path = folder / KERAS_FILE
     keras_model.save(keras_path)
-    rules = {"vocabulary": list(vocabulary), "max_len": max_len, "widths": list(widths), "threshold": 0.5}
+    rules = {
+        "vocabulary": list(vocabulary),
+        "max_len": max_len,
+        "widths": list(widths),
+        "threshold": THRESHOLD,
+    }
     rules_path = folder / PREPROCESSING_FILE
     rules_path.write_text(json.dumps(rules))
     code = folder / "code" / "pipeline"
