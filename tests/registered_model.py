@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from pipeline.config import HParams, PipelineConfig, TrainConfig, build_config
 from pipeline.data import PreparedData
@@ -26,6 +27,12 @@ class Registered:
     @property
     def champion_uri(self) -> str:
         return f"models:/{self.cfg.tracking.model_name}@champion"
+
+    def score_in_process(self, texts: list[str]) -> pd.DataFrame:
+        """The champion's answers through the in-process pyfunc: what CLI and HTTP must match."""
+        from pipeline.serve import load_scorer
+
+        return load_scorer(self.champion_uri, self.cfg.tracking.tracking_uri)(texts)
 
 
 def store_config(root: Path, name: str = "test-model") -> PipelineConfig:

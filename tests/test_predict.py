@@ -39,12 +39,6 @@ def _store(registered) -> list[str]:
     return ["--tracking-uri", tracking.tracking_uri, "--model-name", tracking.model_name]
 
 
-def _in_process(registered, texts: list[str]) -> pd.DataFrame:
-    from pipeline.serve import load_scorer
-
-    return load_scorer(registered.champion_uri, registered.cfg.tracking.tracking_uri)(texts)
-
-
 def test_the_cli_scores_a_file_exactly_like_the_in_process_model(registered, tmp_path):
     source = tmp_path / "reviews.csv"
     pd.DataFrame({"id": range(len(REVIEWS)), "text": REVIEWS}).to_csv(source, index=False)
@@ -60,7 +54,7 @@ def test_the_cli_scores_a_file_exactly_like_the_in_process_model(registered, tmp
     assert f"scored {len(REVIEWS)} reviews with {registered.champion_uri}" in done.stderr
 
     scored = pd.read_json(target, lines=True, dtype={"text": str})
-    expected = _in_process(registered, REVIEWS)
+    expected = registered.score_in_process(REVIEWS)
     assert scored["id"].tolist() == list(range(len(REVIEWS)))
     assert scored["text"].fillna("").tolist() == REVIEWS
     np.testing.assert_allclose(scored["probability"], expected["probability"], atol=1e-6, rtol=0)
@@ -79,7 +73,7 @@ def test_stdin_lines_and_parquet_output(registered, tmp_path):
 
     scored = pd.read_parquet(target)
     assert scored["text"].tolist() == lines
-    expected = _in_process(registered, lines)
+    expected = registered.score_in_process(lines)
     np.testing.assert_allclose(scored["probability"], expected["probability"], atol=1e-6, rtol=0)
 
 

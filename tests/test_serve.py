@@ -42,15 +42,9 @@ def server(registered, tmp_path_factory):
         yield url
 
 
-def _in_process(registered, texts):
-    from pipeline.serve import load_scorer
-
-    return load_scorer(registered.champion_uri, registered.cfg.tracking.tracking_uri)(texts)
-
-
 @pytest.mark.integration
 def test_both_payload_formats_answer_like_the_in_process_model(registered, server):
-    expected = _in_process(registered, REVIEWS)
+    expected = registered.score_in_process(REVIEWS)
     payloads = [
         {"dataframe_split": {"columns": ["text"], "data": [[text] for text in REVIEWS]}},
         {"inputs": REVIEWS},
