@@ -197,6 +197,7 @@ def pipeline_run(overrides: dict[str, Any], data_path: Path) -> dict[str, Any]:
         summary = training_flow(config=cfg)
         wall = time.perf_counter() - started
         final = client_for(cfg.tracking).get_run(summary["run_id"]).data.metrics
+        members = member_test_accuracies(summary["model_uri"], cfg)
         study = optuna.load_study(study_name=cfg.search.study_name, storage=cfg.study_storage())
         trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state.name == "COMPLETE"]
@@ -210,12 +211,37 @@ def pipeline_run(overrides: dict[str, Any], data_path: Path) -> dict[str, Any]:
         "trials_pruned": sum(t.state.name == "PRUNED" for t in trials),
         "trials_failed": sum(t.state.name == "FAIL" for t in trials),
         "trial_overhead_share": 1 - fit_seconds / trial_wall if trial_wall else None,
+        "model_kind": summary["model_kind"],
+        "val_accuracy": {k: final.get(f"val_accuracy_{k}") for k in ("rnn", "bigrams", "rnn_bigrams")},
+        "member_test_accuracy": members,
+        "companion_seconds": final.get("bigrams_train_seconds"),
         "best_hparams": summary["best_hparams"],
         "final_epochs": final.get("epochs_run"),
         "final_seconds_per_epoch": final.get("seconds_per_epoch"),
         "search_seconds": final.get("search_seconds"),
         "promotion": summary.get("promotion_reason"),
     }
+
+
+def member_test_accuracies(model_uri: str, cfg) -> dict[str, float]:
+    """Test accuracy of each model inside the logged one (the RNN and, blended, its companion):
+    what the blend adds. Read after the run; nothing here feeds back into the pipeline."""
+    import keras
+    import mlflow
+    import numpy as np
+
+    from pipeline.batching import predict_proba
+    from pipeline.data import prepare
+
+    mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
+    scorer = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    nested = [layer for layer in scorer._keras.layers if isinstance(layer, keras.Model)]
+    data = prepare(cfg.data)
+    accuracies = {}
+    for member in nested or [scorer._keras]:
+        probability = predict_proba(member, data.test.x, data.test.lengths, scorer._widths)
+        accuracies[member.name] = float(np.mean((probability >= 0.5) == data.test.y.astype(bool)))
+    return accuracies
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -232,6 +258,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"| wall time | {nb['wall_seconds'] / 60:.1f} min (1 model) | {pipe['wall_seconds'] / 60:.1f} min "
         f"(prep + {pipe['trials_complete'] + pipe['trials_pruned'] + pipe['trials_failed']} trials + final + registry) |",
         f"| trials completed / pruned | — | {pipe['trials_complete']} / {pipe['trials_pruned']} |",
+        f"| final model | — | {pipe['model_kind']} (test accuracy of each part: "
+        f"{', '.join(f'{k} {v:.4f}' for k, v in pipe['member_test_accuracy'].items())}) |",
         f"| epochs (notebook model) | {nb['epochs']} | {path['epochs']} (speed probe) |",
         f"| s/epoch, notebook architecture, after the first | {nb['seconds_per_epoch']:.1f} | "
         f"{path['seconds_per_epoch']:.1f} (**{results['speedup']:.1f}×**; first epoch with XLA compiles "

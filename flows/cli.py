@@ -136,6 +136,14 @@ Buckets = Annotated[
         help="length buckets per epoch; 1 pads every batch to --max-len (default: 4)", rich_help_panel=TRAIN
     ),
 ]
+BigramBuckets = Annotated[
+    int | None,
+    typer.Option(
+        help="hashed bigram ids of the bag-of-bigrams companion, averaged with the RNN when that "
+        "wins on validation; 0: the RNN alone (default: 1048576)",
+        rich_help_panel=TRAIN,
+    ),
+]
 JitCompile = Annotated[
     bool | None,
     typer.Option(
@@ -209,6 +217,7 @@ def _config(**options: Any):
         "monitor": "train.monitor",
         "buckets": "train.buckets",
         "jit_compile": "train.jit_compile",
+        "bigram_buckets": "train.bigram_buckets",
         "tracking_uri": "tracking.tracking_uri",
         "experiment_name": "tracking.experiment_name",
         "model_name": "tracking.model_name",
@@ -271,6 +280,7 @@ def run(
     monitor: Monitor = None,
     buckets: Buckets = None,
     jit_compile: JitCompile = None,
+    bigram_buckets: BigramBuckets = None,
     tracking_uri: TrackingUri = None,
     experiment_name: ExperimentName = None,
     model_name: ModelName = None,
@@ -375,6 +385,7 @@ def train(
     monitor: Monitor = None,
     buckets: Buckets = None,
     jit_compile: JitCompile = None,
+    bigram_buckets: BigramBuckets = None,
     tracking_uri: TrackingUri = None,
     experiment_name: ExperimentName = None,
     model_name: ModelName = None,
@@ -392,7 +403,14 @@ def train(
     if preset is not None and vocab_size is None:
         options["vocab_size"] = PRESETS[preset].vocab_size
     cfg = _config(**options, study_name=best_of)
-    from flows.tasks import evaluate_model, log_model, prepare_data, register_model, train_final
+    from flows.tasks import (
+        blend_bigram_companion,
+        evaluate_model,
+        log_model,
+        prepare_data,
+        register_model,
+        train_final,
+    )
     from pipeline import search as search_stage
     from pipeline import tracking
 
@@ -401,6 +419,8 @@ def train(
         prepared = prepare_data.fn(cfg.data)
         with tracking.pipeline_run(cfg, prepared, run_name=f"train-{preset or best_of}") as run:
             model, result = train_final.fn(hparams, prepared, cfg, run)
+            if not preset:  # a preset is the notebook's model as written: no companion
+                model, _ = blend_bigram_companion.fn(model, result, prepared, cfg, run)
             evaluation = evaluate_model.fn(model, prepared, result, run)
             summary = {
                 "run_id": run.run_id,
@@ -468,6 +488,7 @@ def serve(
     monitor: Monitor = None,
     buckets: Buckets = None,
     jit_compile: JitCompile = None,
+    bigram_buckets: BigramBuckets = None,
     tracking_uri: TrackingUri = None,
     experiment_name: ExperimentName = None,
     model_name: ModelName = None,

@@ -21,9 +21,10 @@ from pydantic import ValidationError
 from pipeline import data as data_stage
 from pipeline import registry, search, tracking
 from pipeline.batching import predict_proba
+from pipeline.blend import choose_blend
 from pipeline.config import ConfigError, DataConfig, HParams, PipelineConfig, run_params
 from pipeline.evaluate import Evaluation, evaluate
-from pipeline.train import TrainResult, train_model
+from pipeline.train import TrainResult, train_bigram_model, train_model
 
 _PERMANENT = (data_stage.DataError, ConfigError, ValidationError, TypeError)
 
@@ -74,6 +75,25 @@ def train_final(
     model, result = train_model(hparams, data, cfg.train, callbacks=[run.epoch_callback()])
     tracking.log_training(run, result)
     return model, result
+
+
+@task(name="blend-bigram-companion", cache_policy=NO_CACHE, **WORK_RETRIES)
+def blend_bigram_companion(
+    model, result: TrainResult, data: data_stage.PreparedData, cfg: PipelineConfig, run: tracking.RunHandle
+):
+    """Train the bag-of-bigrams companion; (the RNN+companion average when it wins on validation,
+    else the RNN; "rnn+bigrams" or "rnn"). The RNN alone when ``train.bigram_buckets`` is 0."""
+    chosen = "rnn"
+    if cfg.train.bigram_buckets:
+        companion, companion_result = train_bigram_model(
+            data, cfg.train, widths=result.widths, callbacks=[run.epoch_callback(prefix="bigrams_")]
+        )
+        tracking.log_training(run, companion_result, prefix="bigrams_")
+        choice = choose_blend(model, companion, data.val, result.widths)
+        run.log_metrics(choice.metrics())
+        model, chosen = choice.model, choice.chosen
+    run.set_tags({"model_kind": chosen})
+    return model, chosen
 
 
 @task(name="evaluate", cache_policy=NO_CACHE, **STORE_RETRIES)
@@ -167,6 +187,7 @@ def summary_table(summary: dict[str, Any]) -> str:
                 "Best trial",
                 f"#{summary['best_trial']} ({summary['best_value']:.4f}): {summary['best_hparams']}",
             ),
+            ("Model", summary.get("model_kind", "rnn")),
             ("Test metrics", metrics),
             ("Promotion", f"v{summary['registered_version']} {promotion}: {summary['promotion_reason']}"),
             ("MLflow run", link),

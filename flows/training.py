@@ -1,4 +1,5 @@
-"""The training flow: data prep → champion check → search → final training → evaluation → registry.
+"""The training flow: data prep → champion check → search → final training (the RNN, then its
+bag-of-bigrams companion, blended when that wins on validation) → evaluation → registry.
 
 Run on a schedule (``flows/deploy.py``), it is idempotent: when the dataset digest and the config
 equal those of the current champion's training run, it records a skipped run and stops, unless
@@ -13,6 +14,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.tasks import (
+    blend_bigram_companion,
     check_champion,
     evaluate_model,
     log_model,
@@ -55,6 +57,7 @@ def training_flow(
     with tracking.pipeline_run(config, data) as run:
         searched = search_hparams(data, config, run)
         model, result = train_final(searched.best_hparams, data, config, run)
+        model, model_kind = blend_bigram_companion(model, result, data, config, run)
         evaluation = evaluate_model(model, data, result, run)
         model_uri = log_model(run, model, data, result)
         decision = register_model(config, model_uri, run, evaluation, searched.best_hparams, data)
@@ -67,6 +70,7 @@ def training_flow(
         "best_trial": searched.best_trial,
         "best_value": searched.best_value,
         "best_hparams": searched.best_hparams.model_dump(),
+        "model_kind": model_kind,
         "test_metrics": evaluation.metrics,
         "model_uri": model_uri,
         "registered_version": decision.version,

@@ -60,6 +60,13 @@ class TrainConfig(_Frozen):
     buckets: int = Field(4, ge=1, le=32, description="length buckets; 1 pads every batch to max_len")
     jit_compile: bool | None = Field(None, description="XLA; None: on from JIT_MIN_REVIEW_EPOCHS")
     seed: int = 42
+    bigram_buckets: int = Field(
+        2**20,
+        ge=0,
+        description="hashed bigram ids of the bag-of-bigrams companion (at most; fewer when the "
+        "training reviews hold fewer bigrams); 0: no companion, the RNN alone",
+    )
+    bigram_dim: int = Field(16, ge=1, le=1024, description="embedding width of the companion")
 
 
 class SearchConfig(_Frozen):

@@ -380,8 +380,9 @@ def model_card(name: str) -> str:
         [
             f"# {name}: IMDB review sentiment",
             "",
-            "A Keras recurrent network (SimpleRNN/LSTM/GRU, chosen by an Optuna search) that reads the"
-            " raw text of an English movie review and returns the probability that it is positive.",
+            "A Keras recurrent network (SimpleRNN/LSTM/GRU, chosen by an Optuna search), averaged with a"
+            " bag-of-bigrams model when that scores higher on validation, that reads the raw text of an"
+            " English movie review and returns the probability that it is positive.",
             "Tokenization travels inside the model (MLflow pyfunc), so consumers need no project code.",
             "Each version's description holds its data, test metrics and hyperparameters; the"
             f" `{CHAMPION}` alias marks the version that won a paired test (McNemar) on the test split.",

@@ -26,7 +26,7 @@ TEXT_COLUMN = "text"
 KERAS_FILE = "model.keras"
 PREPROCESSING_FILE = "preprocessing.json"
 # The library modules the pyfunc imports when a consumer loads it.
-_SERVING_MODULES = ("__init__.py", "serve.py", "data.py", "batching.py", "config.py")
+_SERVING_MODULES = ("__init__.py", "serve.py", "data.py", "batching.py", "config.py", "layers.py")
 
 
 class SentimentModel(mlflow.pyfunc.PythonModel):
@@ -35,6 +35,7 @@ class SentimentModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         import keras
 
+        import pipeline.layers  # noqa: F401 (registers the bag-of-bigrams layers with Keras)
         from pipeline.data import Encoder
 
         self._keras = keras.saving.load_model(context.artifacts["keras_model"], compile=False, safe_mode=True)

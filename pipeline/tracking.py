@@ -86,8 +86,8 @@ class RunHandle:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
 
-    def epoch_callback(self) -> keras.callbacks.Callback:
-        return _EpochMetrics(self)
+    def epoch_callback(self, prefix: str = "") -> keras.callbacks.Callback:
+        return _EpochMetrics(self, prefix)
 
     @property
     def url(self) -> str:
@@ -95,17 +95,20 @@ class RunHandle:
 
 
 class _EpochMetrics(keras.callbacks.Callback):
-    """Per-epoch loss, accuracy, val_loss, val_accuracy to one explicit run (step = epoch, 1-based).
+    """Per-epoch loss, accuracy, val_loss, val_accuracy to one explicit run (step = epoch, 1-based),
+    names prefixed (``bigrams_val_accuracy``) when two models train under one run.
 
     ``mlflow.keras.MlflowCallback`` writes to the thread's active run; this one names its run.
     """
 
-    def __init__(self, run: RunHandle) -> None:
+    def __init__(self, run: RunHandle, prefix: str = "") -> None:
         super().__init__()
         self._run = run
+        self._prefix = prefix
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        self._run.log_metrics({k: v for k, v in (logs or {}).items() if k != "learning_rate"}, step=epoch + 1)
+        metrics = {self._prefix + k: v for k, v in (logs or {}).items() if k != "learning_rate"}
+        self._run.log_metrics(metrics, step=epoch + 1)
 
 
 def _param_value(value: Any) -> str:

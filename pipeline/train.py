@@ -17,7 +17,7 @@ import numpy as np
 from pipeline.batching import bucket_widths, evaluation_dataset, training_dataset
 from pipeline.config import JIT_MIN_REVIEW_EPOCHS, HParams, TrainConfig
 from pipeline.data import PreparedData, Split
-from pipeline.model import build_model
+from pipeline.model import build_bigram_model, build_model
 
 
 class TrainingDiverged(RuntimeError):
@@ -88,6 +88,12 @@ def fit(
     )
 
 
+def _use_jit(cfg: TrainConfig, data: PreparedData, epochs: int) -> bool:
+    if cfg.jit_compile is not None:
+        return cfg.jit_compile
+    return len(data.train) * epochs >= JIT_MIN_REVIEW_EPOCHS
+
+
 def train_model(
     hparams: HParams,
     data: PreparedData,
@@ -99,10 +105,32 @@ def train_model(
     """Build a fresh model for ``hparams`` and fit it on ``data.train``, validating on ``data.val``."""
     keras.backend.clear_session()  # trials must not pile up graphs and layer names
     epochs = epochs or cfg.epochs
-    jit = (
-        cfg.jit_compile if cfg.jit_compile is not None else len(data.train) * epochs >= JIT_MIN_REVIEW_EPOCHS
-    )
-    model = build_model(hparams, len(data.vocabulary) + 2, jit_compile=jit)
+    model = build_model(hparams, len(data.vocabulary) + 2, jit_compile=_use_jit(cfg, data, epochs))
     widths = widths_for(data.train, cfg, data.max_len)
     result = fit(model, data.train, data.val, cfg, widths=widths, epochs=epochs, callbacks=callbacks)
     return model, result
+
+
+def bigram_bucket_count(train: Split, vocab_size: int, cap: int) -> int:
+    """Buckets for the hashed bigrams: a power of two ≥ the distinct bigrams of the training
+    reviews, at most ``cap``: a small dataset gets a small model, the full one ``cap``."""
+    first, second = train.x[:, :-1].astype(np.int64), train.x[:, 1:]
+    distinct = np.unique((first * vocab_size + second)[(first > 0) & (second > 0)]).size
+    return int(min(cap, 2 ** math.ceil(math.log2(distinct + 2))))
+
+
+def train_bigram_model(
+    data: PreparedData,
+    cfg: TrainConfig,
+    *,
+    widths: tuple[int, ...],
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> tuple[keras.Model, TrainResult]:
+    """The bag-of-bigrams companion (``build_bigram_model``), fitted like the RNN: same splits,
+    batches, early stopping and epoch cap. Requires ``cfg.bigram_buckets > 0``."""
+    vocab_size = len(data.vocabulary) + 2
+    buckets = bigram_bucket_count(data.train, vocab_size, cfg.bigram_buckets)
+    model = build_bigram_model(
+        vocab_size, buckets, cfg.bigram_dim, jit_compile=_use_jit(cfg, data, cfg.epochs)
+    )
+    return model, fit(model, data.train, data.val, cfg, widths=widths, callbacks=callbacks)

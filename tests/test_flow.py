@@ -208,3 +208,25 @@ def test_a_permanent_failure_fails_at_once_and_leaves_the_champion(first_run, st
     assert any("unsupported hyperparameter type" in run.data.tags.get("failure_reason", "") for run in failed)
     assert client.get_model_version_by_alias("flow-test-model", "champion").version == champion
     assert len(client.search_model_versions("name = 'flow-test-model'")) == versions
+
+
+def test_final_run_records_the_companion_and_keeps_the_blend_only_when_it_wins_on_validation(first_run):
+    cfg, summary = first_run
+    run = _client(cfg).get_run(summary["run_id"])
+    metrics = run.data.metrics
+    assert {"bigrams_val_accuracy", "bigrams_best_epoch", "bigrams_epochs_run"} <= set(metrics)
+    rnn, blend = metrics["val_accuracy_rnn"], metrics["val_accuracy_rnn_bigrams"]
+    assert 0.0 <= metrics["val_accuracy_bigrams"] <= 1.0
+    expected = "rnn+bigrams" if blend > rnn else "rnn"
+    assert run.data.tags["model_kind"] == summary["model_kind"] == expected
+
+
+def test_without_a_companion_the_champion_is_the_rnn_alone(prefect_api, tmp_path):
+    from flows.training import training_flow
+
+    cfg = _config(tmp_path, **{"train.bigram_buckets": 0, "search.trials": 1, "train.epochs": 1})
+    summary = training_flow(config=cfg)
+
+    run = _client(cfg).get_run(summary["run_id"])
+    assert summary["model_kind"] == run.data.tags["model_kind"] == "rnn"
+    assert not any(name.startswith(("bigrams_", "val_accuracy_rnn")) for name in run.data.metrics)

@@ -1,4 +1,5 @@
-"""model: the notebook presets as Keras counts them, every cell and shape, and it can learn."""
+"""model: the notebook presets as Keras counts them, every cell and shape, and it can learn; the
+bag-of-bigrams companion and the averaged model that serves both."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import HParams
-from pipeline.model import PRESETS, build_model
+from pipeline.model import PRESETS, average_models, build_bigram_model, build_model
 
 
 @pytest.mark.parametrize(
@@ -98,3 +99,38 @@ def test_a_tiny_model_overfits_a_handful_of_reviews(sample_data):
     assert result.epochs == 15
     assert losses[-1] < 0.2 * losses[0]
     assert result.history["val_accuracy"][result.best_epoch - 1] == 1.0
+
+
+def test_the_bigram_model_scores_a_review_the_same_at_any_padded_width():
+    model = build_bigram_model(vocab_size=50, buckets=64, dim=4)
+    review = np.array([[7, 3, 9, 1, 4]], dtype="int32")
+    padded = np.concatenate([np.zeros((1, 6), dtype="int32"), review], axis=1)
+    other_order = review[:, ::-1].copy()
+
+    alone = model.predict(review, verbose=0)
+    assert model.predict(padded, verbose=0) == pytest.approx(alone, abs=1e-6)
+    assert model.predict(other_order, verbose=0) != pytest.approx(alone, abs=1e-6)  # pairs, not a bag
+
+
+def test_bigram_ids_skip_pairs_with_padding_and_stay_below_the_bucket_count():
+    from pipeline.layers import HashedBigrams
+
+    ids = np.asarray(HashedBigrams(vocab_size=50, buckets=16)(np.array([[0, 0, 5, 6, 7]], dtype="int32")))
+
+    assert ids.shape == (1, 4)
+    assert list(ids[0, :2]) == [0, 0]
+    assert ((ids[0, 2:] >= 1) & (ids[0, 2:] < 16)).all()
+
+
+def test_averaged_model_is_the_mean_of_its_members_and_loads_back_in_safe_mode(tmp_path):
+    rnn = build_model(HParams(units=4, embedding_dim=4), vocab_size=50)
+    bigrams = build_bigram_model(vocab_size=50, buckets=64, dim=4)
+    reviews = np.array([[0, 0, 5, 6, 7], [2, 3, 4, 8, 9]], dtype="int32")
+
+    blend = average_models([rnn, bigrams])
+    blend.save(tmp_path / "blend.keras")
+    loaded = keras.saving.load_model(tmp_path / "blend.keras", compile=False, safe_mode=True)
+
+    members = (rnn.predict(reviews, verbose=0) + bigrams.predict(reviews, verbose=0)) / 2
+    assert blend.predict(reviews, verbose=0) == pytest.approx(members, abs=1e-6)
+    assert loaded.predict(reviews, verbose=0) == pytest.approx(members, abs=1e-6)
