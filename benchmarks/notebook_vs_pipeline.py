@@ -232,6 +232,7 @@ def member_test_accuracies(model_uri: str, cfg) -> dict[str, float]:
 
     from pipeline.batching import predict_proba
     from pipeline.data import prepare
+    from pipeline.evaluate import THRESHOLD
 
     mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
     scorer = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
@@ -240,7 +241,7 @@ def member_test_accuracies(model_uri: str, cfg) -> dict[str, float]:
     accuracies = {}
     for member in nested or [scorer._keras]:
         probability = predict_proba(member, data.test.x, data.test.lengths, scorer._widths)
-        accuracies[member.name] = float(np.mean((probability >= 0.5) == data.test.y.astype(bool)))
+        accuracies[member.name] = float(np.mean((probability >= THRESHOLD) == data.test.y.astype(bool)))
     return accuracies
 
 

@@ -144,6 +144,10 @@ BigramBuckets = Annotated[
         rich_help_panel=TRAIN,
     ),
 ]
+BigramDim = Annotated[
+    int | None,
+    typer.Option(help="embedding width of the bag-of-bigrams companion (default: 16)", rich_help_panel=TRAIN),
+]
 JitCompile = Annotated[
     bool | None,
     typer.Option(
@@ -218,6 +222,7 @@ def _config(**options: Any):
         "buckets": "train.buckets",
         "jit_compile": "train.jit_compile",
         "bigram_buckets": "train.bigram_buckets",
+        "bigram_dim": "train.bigram_dim",
         "tracking_uri": "tracking.tracking_uri",
         "experiment_name": "tracking.experiment_name",
         "model_name": "tracking.model_name",
@@ -281,6 +286,7 @@ def run(
     buckets: Buckets = None,
     jit_compile: JitCompile = None,
     bigram_buckets: BigramBuckets = None,
+    bigram_dim: BigramDim = None,
     tracking_uri: TrackingUri = None,
     experiment_name: ExperimentName = None,
     model_name: ModelName = None,
@@ -386,6 +392,7 @@ def train(
     buckets: Buckets = None,
     jit_compile: JitCompile = None,
     bigram_buckets: BigramBuckets = None,
+    bigram_dim: BigramDim = None,
     tracking_uri: TrackingUri = None,
     experiment_name: ExperimentName = None,
     model_name: ModelName = None,
@@ -402,6 +409,10 @@ def train(
     options = {k: v for k, v in locals().items() if k not in ("preset", "best_of", "register", "PRESETS")}
     if preset is not None and vocab_size is None:
         options["vocab_size"] = PRESETS[preset].vocab_size
+    if preset is not None:
+        if bigram_buckets:
+            _fail("invalid option --bigram-buckets: a preset is the notebook's model as written", code=2)
+        options["bigram_buckets"] = 0
     cfg = _config(**options, study_name=best_of)
     from flows.tasks import (
         blend_bigram_companion,
@@ -419,19 +430,19 @@ def train(
         prepared = prepare_data.fn(cfg.data)
         with tracking.pipeline_run(cfg, prepared, run_name=f"train-{preset or best_of}") as run:
             model, result = train_final.fn(hparams, prepared, cfg, run)
-            if not preset:  # a preset is the notebook's model as written: no companion
-                model, _ = blend_bigram_companion.fn(model, result, prepared, cfg, run)
+            model, details = blend_bigram_companion.fn(model, result, prepared, cfg, run)
             evaluation = evaluate_model.fn(model, prepared, result, run)
             summary = {
                 "run_id": run.run_id,
                 "hparams": hparams.model_dump(),
+                **details,
                 "test_metrics": evaluation.metrics,
                 "epochs": result.epochs,
                 "seconds_per_epoch": result.seconds_per_epoch,
             }
             if register:
                 model_uri = log_model.fn(run, model, prepared, result)
-                decision = register_model.fn(cfg, model_uri, run, evaluation, hparams, prepared)
+                decision = register_model.fn(cfg, model_uri, run, evaluation, hparams, prepared, details)
                 summary |= {
                     "registered_version": decision.version,
                     "promoted": decision.promoted,
@@ -489,6 +500,7 @@ def serve(
     buckets: Buckets = None,
     jit_compile: JitCompile = None,
     bigram_buckets: BigramBuckets = None,
+    bigram_dim: BigramDim = None,
     tracking_uri: TrackingUri = None,
     experiment_name: ExperimentName = None,
     model_name: ModelName = None,

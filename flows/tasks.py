@@ -81,9 +81,10 @@ def train_final(
 def blend_bigram_companion(
     model, result: TrainResult, data: data_stage.PreparedData, cfg: PipelineConfig, run: tracking.RunHandle
 ):
-    """Train the bag-of-bigrams companion; (the RNN+companion average when it wins on validation,
-    else the RNN; "rnn+bigrams" or "rnn"). The RNN alone when ``train.bigram_buckets`` is 0."""
-    chosen = "rnn"
+    """Train the bag-of-bigrams companion; the RNN+companion average when it wins on validation,
+    else the RNN (alone when ``train.bigram_buckets`` is 0). Returns (model, what it is:
+    ``model_kind`` "rnn" or "rnn+bigrams", and for a blend the companion's buckets and width)."""
+    details: dict[str, Any] = {"model_kind": "rnn"}
     if cfg.train.bigram_buckets:
         companion, companion_result = train_bigram_model(
             data, cfg.train, widths=result.widths, callbacks=[run.epoch_callback(prefix="bigrams_")]
@@ -91,9 +92,17 @@ def blend_bigram_companion(
         tracking.log_training(run, companion_result, prefix="bigrams_")
         choice = choose_blend(model, companion, data.val, result.widths)
         run.log_metrics(choice.metrics())
-        model, chosen = choice.model, choice.chosen
-    run.set_tags({"model_kind": chosen})
-    return model, chosen
+        buckets = companion.get_layer("bigram_ids").buckets  # the cap, or fewer on small data
+        run.log_params({"bigram_buckets_used": buckets})
+        if choice.chosen != "rnn":
+            model = choice.model
+            details = {
+                "model_kind": choice.chosen,
+                "bigram_buckets": buckets,
+                "bigram_dim": cfg.train.bigram_dim,
+            }
+    run.set_tags({"model_kind": details["model_kind"]})
+    return model, details
 
 
 @task(name="evaluate", cache_policy=NO_CACHE, **STORE_RETRIES)
@@ -119,11 +128,15 @@ def register_model(
     evaluation: Evaluation,
     hparams: HParams,
     data: data_stage.PreparedData,
+    model_details: dict[str, Any] | None = None,
 ) -> registry.PromotionDecision:
-    """Register the model; promote it only if it beats the champion on the same test reviews."""
+    """Register the model; promote it only if it beats the champion on the same test reviews.
+
+    ``model_details`` (from ``blend_bigram_companion``) say what the model is on its version."""
     evidence: dict[str, Any] = {
         **evaluation.metrics,
         **run_params(hparams, cfg),
+        **(model_details or {"model_kind": "rnn"}),
         **data.summary(),
         "run_id": run.run_id,
     }

@@ -57,10 +57,12 @@ def training_flow(
     with tracking.pipeline_run(config, data) as run:
         searched = search_hparams(data, config, run)
         model, result = train_final(searched.best_hparams, data, config, run)
-        model, model_kind = blend_bigram_companion(model, result, data, config, run)
+        model, model_details = blend_bigram_companion(model, result, data, config, run)
         evaluation = evaluate_model(model, data, result, run)
         model_uri = log_model(run, model, data, result)
-        decision = register_model(config, model_uri, run, evaluation, searched.best_hparams, data)
+        decision = register_model(
+            config, model_uri, run, evaluation, searched.best_hparams, data, model_details
+        )
     summary = {
         "skipped": False,
         "forced": force,
@@ -70,7 +72,7 @@ def training_flow(
         "best_trial": searched.best_trial,
         "best_value": searched.best_value,
         "best_hparams": searched.best_hparams.model_dump(),
-        "model_kind": model_kind,
+        **model_details,
         "test_metrics": evaluation.metrics,
         "model_uri": model_uri,
         "registered_version": decision.version,

@@ -63,10 +63,18 @@ class TrainConfig(_Frozen):
     bigram_buckets: int = Field(
         2**20,
         ge=0,
+        le=2**24,
         description="hashed bigram ids of the bag-of-bigrams companion (at most; fewer when the "
         "training reviews hold fewer bigrams); 0: no companion, the RNN alone",
     )
     bigram_dim: int = Field(16, ge=1, le=1024, description="embedding width of the companion")
+
+    @field_validator("bigram_buckets")
+    @classmethod
+    def _no_single_bucket(cls, buckets: int) -> int:
+        if buckets == 1:
+            raise ValueError("bigram_buckets must be 0 (no companion) or at least 2")
+        return buckets
 
 
 class SearchConfig(_Frozen):

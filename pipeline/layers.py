@@ -28,8 +28,8 @@ class HashedBigrams(keras.layers.Layer):
         ids = ops.mod(first * self.vocab_size + second, self.buckets - 1) + 1
         return ops.where((first > 0) & (second > 0), ids, ops.zeros_like(ids))
 
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], None)
+    def compute_output_spec(self, tokens):
+        return keras.KerasTensor((tokens.shape[0], None), dtype="int64")
 
     def get_config(self) -> dict:
         return {**super().get_config(), "vocab_size": self.vocab_size, "buckets": self.buckets}

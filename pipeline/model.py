@@ -56,8 +56,9 @@ def build_bigram_model(vocab_size: int, buckets: int, dim: int, *, jit_compile: 
     """A compiled bag-of-bigrams classifier (fastText, Joulin et al. 2016) over the same token ids.
 
     The means of the review's word embeddings and of its hashed-bigram embeddings → Dense sigmoid.
-    Word order within a review is lost beyond pairs, so its errors differ from an RNN's: the two
-    averaged score better than either (``average_models``).
+    Word order within a review is lost beyond pairs, so its errors differ from an RNN's and the
+    two averaged (``average_models``) often score better than either; ``blend`` decides on
+    validation data whether they do.
     """
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
     words = keras.layers.Embedding(vocab_size, dim, name="word_embedding")(tokens)

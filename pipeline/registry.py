@@ -392,12 +392,16 @@ def model_card(name: str) -> str:
     )
 
 
+# What the version is beyond the RNN's hyperparameters (flows.tasks.blend_bigram_companion).
+_MODEL_DETAILS = ("model_kind", "bigram_buckets", "bigram_dim")
+
+
 def version_card(name: str, version: str, evidence: dict[str, Any], test: TestSplit | None) -> str:
     """Markdown for one version: data, test metrics, hyperparameters, pipeline version, usage."""
     metrics = {k: v for k, v in evidence.items() if k.startswith("test_") and not k.endswith("_share")}
     hparams = {
         k: evidence[k]
-        for k in (*HParams.model_fields, "vocab_size", "max_len", "batch_size")
+        for k in (*HParams.model_fields, "vocab_size", "max_len", "batch_size", *_MODEL_DETAILS)
         if k in evidence
     }
     sizes = {k: evidence[k] for k in ("n_train", "n_val", "n_test") if k in evidence}

@@ -46,15 +46,20 @@ def store_config(root: Path, name: str = "test-model") -> PipelineConfig:
 
 
 def register_tiny_model(root: Path, data: PreparedData, name: str = "test-model") -> Registered:
-    """Train one epoch of a small GRU, log the pyfunc, register it (it becomes champion)."""
+    """Train one epoch of a small GRU and of its bag-of-bigrams companion, log their average as the
+    pyfunc (the blend the pipeline serves on the full dataset), register it (it becomes champion)."""
     from pipeline import registry, tracking
     from pipeline.batching import predict_proba
     from pipeline.evaluate import evaluate
-    from pipeline.train import train_model
+    from pipeline.model import average_models
+    from pipeline.train import train_bigram_model, train_model
 
     cfg = store_config(root, name)
     hparams = HParams(cell="gru", units=8, embedding_dim=8)
-    model, result = train_model(hparams, data, TrainConfig(epochs=1, batch_size=32))
+    train_cfg = TrainConfig(epochs=1, batch_size=32, bigram_buckets=4096, bigram_dim=8)
+    rnn, result = train_model(hparams, data, train_cfg)
+    companion, _ = train_bigram_model(data, train_cfg, widths=result.widths)
+    model = average_models([rnn, companion])
     evaluation = evaluate(data.test.y, predict_proba(model, data.test.x, data.test.lengths, result.widths))
     with tracking.pipeline_run(cfg, data, run_name="tiny") as run:
         model_uri = tracking.log_model(run, model, data, result.widths)
@@ -62,6 +67,7 @@ def register_tiny_model(root: Path, data: PreparedData, name: str = "test-model"
         **evaluation.metrics,
         **hparams.model_dump(),
         **data.summary(),
+        "model_kind": "rnn+bigrams",
         "run_id": run.run_id,
         "max_len": data.max_len,
     }

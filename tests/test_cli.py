@@ -57,6 +57,15 @@ def test_corrupt_archive_is_named(tmp_path):
     assert f"cannot read archive {corrupt}" in result.output
 
 
+def test_a_preset_refuses_the_bigram_companion(tmp_path):
+    result = runner.invoke(
+        app, ["train", "--preset", "notebook-lstm", "--bigram-buckets", "4096", *_store_options(tmp_path)]
+    )
+
+    assert result.exit_code == 2
+    assert "--bigram-buckets" in result.output and "preset" in result.output
+
+
 def test_unknown_preset_is_named(tmp_path):
     result = runner.invoke(app, ["train", "--preset", "notebook-transformer", *_store_options(tmp_path)])
     assert result.exit_code == 2

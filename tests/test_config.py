@@ -126,3 +126,9 @@ def test_configured_artifact_root_wins():
     cfg = build_config({"tracking.artifact_root": "s3://bucket/artifacts"})
 
     assert cfg.tracking.artifact_location() == "s3://bucket/artifacts"
+
+
+@pytest.mark.parametrize("buckets", [1, -1, 2**24 + 1])
+def test_bigram_buckets_are_zero_or_a_usable_count(buckets):
+    with pytest.raises(ConfigError, match=r"train\.bigram_buckets \(--bigram-buckets\)"):
+        build_config({"train.bigram_buckets": buckets})

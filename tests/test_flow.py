@@ -219,6 +219,8 @@ def test_final_run_records_the_companion_and_keeps_the_blend_only_when_it_wins_o
     assert 0.0 <= metrics["val_accuracy_bigrams"] <= 1.0
     expected = "rnn+bigrams" if blend > rnn else "rnn"
     assert run.data.tags["model_kind"] == summary["model_kind"] == expected
+    version = _client(cfg).get_model_version("flow-test-model", summary["registered_version"])
+    assert version.tags["model_kind"] == expected
 
 
 def test_without_a_companion_the_champion_is_the_rnn_alone(prefect_api, tmp_path):

@@ -94,6 +94,7 @@ def test_versions_and_the_model_carry_a_model_card(registered):
         "n_train: 160",
         "test_accuracy",
         "cell: gru",
+        "model_kind: rnn+bigrams",
         "imdb-sentiment-pipeline",
     ):
         assert expected in version.description
