@@ -51,6 +51,37 @@ def test_a_second_search_with_the_same_name_resumes_the_study(tiny):
     assert best_hparams(cfg) == second.best_hparams
 
 
+def test_a_trial_below_the_median_after_its_first_epoch_stops_there(tiny):
+    cfg, data = tiny
+    cfg = cfg.model_copy(
+        update={"search": cfg.search.model_copy(update={"study_name": "prune-early", "epochs": 3})}
+    )
+    space = optuna.create_study().ask()
+    suggest_hparams(space, cfg.search)
+    study = create_study(cfg)
+    for _ in range(2):  # the pruner's start-up trials, perfect after every epoch
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=space.params,
+                distributions=space.distributions,
+                value=1.0,
+                intermediate_values={0: 1.0, 1: 1.0, 2: 1.0},
+            )
+        )
+    run_search(data, cfg)
+    trial = create_study(cfg).trials[-1]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert list(trial.intermediate_values) == [0]  # one epoch trained, not three
+
+
+def test_a_trial_records_its_bookkeeping_inside_training(tiny):
+    cfg, data = tiny
+    cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"study_name": "timed"})})
+    run_search(data, cfg)
+    attrs = create_study(cfg).trials[-1].user_attrs
+    assert 0 < attrs["bookkeeping_seconds"] < attrs["seconds"]
+
+
 def test_a_study_cannot_silently_switch_direction(tiny):
     cfg, _ = tiny
     create_study(cfg.model_copy(update={"search": cfg.search.model_copy(update={"study_name": "dir"})}))
