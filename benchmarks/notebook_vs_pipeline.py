@@ -7,7 +7,8 @@
 2. The notebook recipe: Embedding(10000,16) → LSTM(8), length 500, RMSprop 1e-4, batch 64,
    EarlyStopping(patience=3, restore_best_weights), plain ``model.fit`` on fully padded arrays.
 3. The same architecture through the pipeline's training path (length buckets + XLA): seconds
-   per epoch and the share of padded timesteps, for the speed-up on equal work.
+   per epoch and the share of padded timesteps, for the speed-up on equal work; and one epoch of
+   its tf.data input pipeline alone, to show feeding never holds training up.
 4. The whole pipeline as a Prefect flow (prep, search, final training, evaluation, registry) in a
    throw-away MLflow store: wall time, test accuracy, trials completed/pruned, bookkeeping share.
 
@@ -166,12 +167,25 @@ def pipeline_training_path(
     batches = epoch_batches(data.train.lengths, widths, cfg.batch_size, np.random.default_rng(0))
     fed = sum(width * len(members) for width, members in batches)
     return {
+        "input_seconds_per_epoch": input_pass_seconds(data.train, widths, cfg.batch_size),
         "seconds_per_epoch": steady(timer.seconds),
         "first_epoch_seconds": timer.seconds[0],
         "epochs": result.epochs,
         "bucket_widths": list(widths),
         "padding_share": float(1 - data.train.lengths.sum() / fed),
     }
+
+
+def input_pass_seconds(train, widths: tuple[int, ...], batch_size: int) -> float:
+    """One epoch of the training ``tf.data`` pipeline drawn with no model: what feeding costs.
+    Batches are prefetched, so while this stays well under an epoch it never holds training up."""
+    from pipeline.batching import training_dataset
+
+    dataset = training_dataset(train.x, train.y, train.lengths, widths, batch_size)
+    started = time.perf_counter()
+    for _ in dataset:
+        pass
+    return time.perf_counter() - started
 
 
 def pipeline_run(overrides: dict[str, Any], data_path: Path) -> dict[str, Any]:
@@ -266,6 +280,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"| s/epoch, notebook architecture, after the first | {nb['seconds_per_epoch']:.1f} | "
         f"{path['seconds_per_epoch']:.1f} (**{results['speedup']:.1f}×**; first epoch with XLA compiles "
         f"{path['first_epoch_seconds']:.1f}) |",
+        f"| input pipeline alone (tf.data, no model), s/epoch | — | {path['input_seconds_per_epoch']:.2f} "
+        f"({pct(path['input_seconds_per_epoch'] / path['seconds_per_epoch'])} of a training epoch; prefetched) |",
         f"| padded timesteps | {pct(nb['padding_share'])} | {pct(path['padding_share'])} (widths {path['bucket_widths']}) |",
         f"| bookkeeping share of a completed trial (Optuna + MLflow + model build) | — | {pct(pipe['trial_overhead_share'])} |",
         f"| data prep, cold / cached | {results['prep']['prep_cold_seconds']:.1f} s / "
