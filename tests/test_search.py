@@ -8,7 +8,7 @@ import numpy as np
 import optuna
 import pytest
 
-from pipeline.config import SAMPLE_ARCHIVE, HParams, build_config, run_params
+from pipeline.config import SAMPLE_ARCHIVE, HParams, PipelineConfig, build_config, run_params
 from pipeline.data import prepare
 from pipeline.search import SearchError, best_hparams, create_study, run_search, suggest_hparams, trial_data
 from pipeline.train import TrainingDiverged, train_model
@@ -33,6 +33,10 @@ def tiny(tmp_path_factory):
     return cfg, prepare(cfg.data)
 
 
+def with_search(cfg: PipelineConfig, **changes) -> PipelineConfig:
+    return cfg.model_copy(update={"search": cfg.search.model_copy(update=changes)})
+
+
 def test_search_space_names_match_the_logged_params(tiny):
     cfg, _ = tiny
     trial = optuna.create_study().ask()
@@ -43,7 +47,7 @@ def test_search_space_names_match_the_logged_params(tiny):
 
 def test_a_second_search_with_the_same_name_resumes_the_study(tiny):
     cfg, data = tiny
-    cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"study_name": "resume-me"})})
+    cfg = with_search(cfg, study_name="resume-me")
     first = run_search(data, cfg)
     second = run_search(data, cfg)
     assert first.complete + first.pruned + first.failed == 1
@@ -53,9 +57,7 @@ def test_a_second_search_with_the_same_name_resumes_the_study(tiny):
 
 def test_a_trial_below_the_median_after_its_first_epoch_stops_there(tiny):
     cfg, data = tiny
-    cfg = cfg.model_copy(
-        update={"search": cfg.search.model_copy(update={"study_name": "prune-early", "epochs": 3})}
-    )
+    cfg = with_search(cfg, study_name="prune-early", epochs=3)
     space = optuna.create_study().ask()
     suggest_hparams(space, cfg.search)
     study = create_study(cfg)
@@ -76,7 +78,7 @@ def test_a_trial_below_the_median_after_its_first_epoch_stops_there(tiny):
 
 def test_a_trial_records_its_bookkeeping_inside_training(tiny):
     cfg, data = tiny
-    cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"study_name": "timed"})})
+    cfg = with_search(cfg, study_name="timed")
     run_search(data, cfg)
     attrs = create_study(cfg).trials[-1].user_attrs
     assert 0 < attrs["bookkeeping_seconds"] < attrs["seconds"]
@@ -84,7 +86,7 @@ def test_a_trial_records_its_bookkeeping_inside_training(tiny):
 
 def test_a_study_cannot_silently_switch_direction(tiny):
     cfg, _ = tiny
-    create_study(cfg.model_copy(update={"search": cfg.search.model_copy(update={"study_name": "dir"})}))
+    create_study(with_search(cfg, study_name="dir"))
     flipped = build_config(
         {"search.study_name": "dir", "search.storage": cfg.search.storage, "train.monitor": "val_loss"}
     )
@@ -94,7 +96,7 @@ def test_a_study_cannot_silently_switch_direction(tiny):
 
 def test_missing_study_is_named(tiny):
     cfg, _ = tiny
-    missing = cfg.model_copy(update={"search": cfg.search.model_copy(update={"study_name": "never-ran"})})
+    missing = with_search(cfg, study_name="never-ran")
     with pytest.raises(SearchError, match="never-ran"):
         best_hparams(missing)
 
