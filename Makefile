@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test benchmark benchmark-serving
+.PHONY: run test test-fast benchmark benchmark-serving
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,11 +12,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)  ## the whole pipeline on the sample shipped in the package
-	$(VENV)/bin/sentiment run $(ARGS)
+	$(VENV)/bin/sentiment run --config configs/sample.yaml $(ARGS)
 
-test: $(STAMP)  ## lint, then the whole test suite
+test: $(STAMP)  ## lint, then the whole test suite (what CI runs)
 	$(VENV)/bin/ruff check pipeline flows tests scripts benchmarks
 	$(VENV)/bin/python -m pytest $(ARGS)
+
+test-fast: $(STAMP)  ## the edit-test loop: lint and the unit tests, no flow, server or long training (< 60 s)
+	$(VENV)/bin/ruff check pipeline flows tests scripts benchmarks
+	$(VENV)/bin/python -m pytest -m "not integration and not slow" $(ARGS)
 
 benchmark: $(STAMP)  ## notebook recipe vs pipeline on the full dataset (issue: beat the notebooks)
 	$(VENV)/bin/python -m benchmarks.notebook_vs_pipeline $(ARGS)

@@ -121,7 +121,7 @@ def notebook_recipe(data_options: dict[str, Any], max_epochs: int) -> dict[str, 
     data = prepared(data_options)
     keras.utils.set_random_seed(42)
     keras.backend.clear_session()
-    model = build_model(PRESETS["notebook-recipe"].hparams, len(data.vocabulary) + 2, jit_compile=False)
+    model = build_model(PRESETS["notebook-recipe"].hparams, data.vocab_size_effective, jit_compile=False)
     timer = EpochTimer()
     started = time.perf_counter()
     model.fit(
@@ -160,7 +160,7 @@ def pipeline_training_path(
     data = prepared(data_options)
     cfg = build_config({**train_overrides, "train.jit_compile": True}).train
     keras.backend.clear_session()
-    model = build_model(PRESETS["notebook-recipe"].hparams, len(data.vocabulary) + 2, jit_compile=True)
+    model = build_model(PRESETS["notebook-recipe"].hparams, data.vocab_size_effective, jit_compile=True)
     widths = widths_for(data.train, cfg, data.max_len)
     timer = EpochTimer()
     result = fit(model, data.train, data.val, cfg, widths=widths, epochs=epochs, callbacks=[timer])
@@ -194,7 +194,7 @@ def pipeline_run(overrides: dict[str, Any], data_path: Path) -> dict[str, Any]:
 
     from flows.training import training_flow
     from pipeline.config import build_config
-    from pipeline.tracking import client_for
+    from pipeline.stores import resolve
 
     with tempfile.TemporaryDirectory() as store:
         cfg = build_config(
@@ -208,11 +208,12 @@ def pipeline_run(overrides: dict[str, Any], data_path: Path) -> dict[str, Any]:
             }
         )
         started = time.perf_counter()
-        summary = training_flow(config=cfg)
+        summary = training_flow(config=cfg).to_dict()
         wall = time.perf_counter() - started
-        final = client_for(cfg.tracking).get_run(summary["run_id"]).data.metrics
-        members = member_test_accuracies(summary["model_uri"], cfg)
-        study = optuna.load_study(study_name=cfg.search.study_name, storage=cfg.study_storage())
+        stores = resolve(cfg)
+        final = stores.mlflow_client().get_run(summary["run_id"]).data.metrics
+        members = member_test_accuracies(stores.download_model(summary["model_uri"]), cfg)
+        study = optuna.load_study(study_name=cfg.search.study_name, storage=stores.study_storage)
         trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     trial_wall = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in complete)
@@ -238,7 +239,7 @@ def pipeline_run(overrides: dict[str, Any], data_path: Path) -> dict[str, Any]:
     }
 
 
-def member_test_accuracies(model_uri: str, cfg) -> dict[str, float]:
+def member_test_accuracies(model_path: str, cfg) -> dict[str, float]:
     """Test accuracy of each model inside the logged one (the RNN and, blended, its companion):
     what the blend adds. Read after the run; nothing here feeds back into the pipeline."""
     import keras
@@ -249,8 +250,7 @@ def member_test_accuracies(model_uri: str, cfg) -> dict[str, float]:
     from pipeline.data import prepare
     from pipeline.evaluate import THRESHOLD
 
-    mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
-    scorer = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    scorer = mlflow.pyfunc.load_model(model_path).unwrap_python_model()
     nested = [layer for layer in scorer._keras.layers if isinstance(layer, keras.Model)]
     data = prepare(cfg.data)
     accuracies = {}

@@ -89,14 +89,17 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    from pipeline.config import TrackingConfig
+    from pipeline.config import build_config
+    from pipeline.stores import resolve
 
-    default = TrackingConfig()
+    default = build_config().tracking
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--model", default=f"models:/{default.model_name}@champion", help="model URI to serve"
     )
-    parser.add_argument("--tracking-uri", default=default.tracking_uri, help="MLflow store holding the model")
+    parser.add_argument(
+        "--tracking-uri", default=resolve(build_config()).tracking_uri, help="MLflow store holding the model"
+    )
     parser.add_argument("--requests", type=int, default=300, help="single-review requests to time")
     parser.add_argument("--batches", type=int, default=5, help="batches to time")
     parser.add_argument("--batch-size", type=int, default=1000, help="reviews per batch request")

@@ -1,32 +1,38 @@
-"""The training flow: data prep → champion check → search → final training (the RNN, then its
-bag-of-bigrams companion, blended when that wins on validation) → evaluation → registry.
+"""The flows: the library's stages in order, and nothing else.
 
-Run on a schedule (``flows/deploy.py``), it is idempotent: when the dataset digest and the config
-equal those of the current champion's training run, it records a skipped run and stops, unless
-``force`` is set. Every run ends with a markdown summary artifact.
+``training_flow`` is the whole pipeline (what ``sentiment run`` and the scheduled deployment run);
+``train_flow`` trains one given configuration (``sentiment train``); ``search_flow`` runs the study
+alone (``sentiment search``). All three share ``_train_to_registry``, so the stages after the
+search are ordered in one place.
+
+Run on a schedule (``flows/deploy.py``), ``training_flow`` is idempotent: when the dataset digest
+and the config equal those of the current champion's training run, it records a skipped run and
+stops, unless ``force`` is set. Every run ends with a markdown summary artifact.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.tasks import (
-    blend_bigram_companion,
     check_champion,
     evaluate_model,
     log_model,
-    prepare_data,
+    prepare,
     publish_summary,
     record_skipped_run,
     register_model,
     search_hparams,
     train_final,
 )
-from pipeline import tracking
-from pipeline.config import PipelineConfig
+from pipeline import stores as store_layer
+from pipeline.config import HParams, PipelineConfig
+from pipeline.data import PreparedData
+from pipeline.registry import ChampionCheck
+from pipeline.search import SearchResult
+from pipeline.stages import RunSummary, pipeline_run, summarize
+from pipeline.tracking import RunHandle
 
 
 def flow_run_name() -> str:
@@ -42,46 +48,74 @@ def training_flow(
     config: PipelineConfig = PipelineConfig(),  # noqa: B008 (frozen)
     force: bool = False,
     mlflow_ui_url: str | None = None,
-) -> dict[str, Any]:
-    """Train, tune, evaluate, log and register a sentiment model; returns a summary of the run.
+) -> RunSummary:
+    """Prepare, search, train, evaluate, log and register a sentiment model; a summary of the run.
 
     Skips (and records a skipped MLflow run) when the champion was trained on the same data and
     config, unless ``force``. ``mlflow_ui_url`` is where the summary's run link points.
     """
-    data = prepare_data(config.data)
-    check = check_champion(config, data)
+    stores = store_layer.resolve(config)
+    data = prepare(config.data)
+    check = check_champion(stores, config, data)
     if check.unchanged and not force:
-        summary = record_skipped_run(config, data, check, mlflow_ui_url)
-        publish_summary(config, summary)
-        return summary
-    with tracking.pipeline_run(config, data) as run:
-        searched = search_hparams(data, config, run)
-        model, result = train_final(searched.best_hparams, data, config, run)
-        model, model_details = blend_bigram_companion(model, result, data, config, run)
-        evaluation = evaluate_model(model, data, result, run)
-        model_uri = log_model(run, model, data, result)
-        decision = register_model(
-            config, model_uri, run, evaluation, searched.best_hparams, data, model_details
-        )
-    summary = {
-        "skipped": False,
-        "forced": force,
-        "champion_check": check.reason,
-        "run_id": run.run_id,
-        "run_url": tracking.run_link(run, mlflow_ui_url),
-        "best_trial": searched.best_trial,
-        "best_value": searched.best_value,
-        "best_hparams": searched.best_hparams.model_dump(),
-        **model_details,
-        "test_metrics": evaluation.metrics,
-        "model_uri": model_uri,
-        "registered_version": decision.version,
-        "promoted": decision.promoted,
-        "promotion_reason": decision.reason,
-        "promotion_p_value": decision.p_value,
-        "champion_version": decision.version if decision.promoted else decision.champion_version,
-        "previous_champion_version": decision.champion_version,
-        "previous_champion_accuracy": decision.champion_accuracy,
-    }
+        summary = record_skipped_run(stores, config, data, check, mlflow_ui_url)
+    else:
+        with pipeline_run(stores, config, data) as run:
+            searched = search_hparams(data, config, run)
+            summary = _train_to_registry(
+                searched.best_hparams, data, config, run, True, searched, check, force, mlflow_ui_url
+            )
     publish_summary(config, summary)
     return summary
+
+
+@flow(name="imdb-sentiment-train-one")
+def train_flow(
+    config: PipelineConfig, hparams: HParams, run_name: str, to_registry: bool = False
+) -> RunSummary:
+    """Train, evaluate and log one given configuration; register it (and promote it if it beats
+    the champion) when ``to_registry``."""
+    stores = store_layer.resolve(config)
+    data = prepare(config.data)
+    with pipeline_run(stores, config, data, run_name) as run:
+        return _train_to_registry(hparams, data, config, run, to_registry)
+
+
+@flow(name="imdb-sentiment-search")
+def search_flow(config: PipelineConfig) -> SearchResult:
+    """Run (or resume) the Optuna study under a parent run of its own."""
+    stores = store_layer.resolve(config)
+    data = prepare(config.data)
+    with pipeline_run(stores, config, data, f"search-{config.search.study_name}") as run:
+        return search_hparams(data, config, run)
+
+
+def _train_to_registry(
+    hparams: HParams,
+    data: PreparedData,
+    config: PipelineConfig,
+    run: RunHandle,
+    register: bool,
+    searched: SearchResult | None = None,
+    check: ChampionCheck | None = None,
+    force: bool = False,
+    mlflow_ui_url: str | None = None,
+) -> RunSummary:
+    final = train_final(hparams, data, config, run)
+    evaluation = evaluate_model(final, data, run)
+    model_uri = decision = None
+    if register:
+        model_uri = log_model(final, data, run)
+        decision = register_model(config, model_uri, final, evaluation, data, run)
+    return summarize(
+        config,
+        run,
+        final,
+        evaluation,
+        searched=searched,
+        check=check,
+        model_uri=model_uri,
+        decision=decision,
+        forced=force,
+        ui_url=mlflow_ui_url,
+    )

@@ -1,25 +1,33 @@
-"""One validated, frozen configuration tree for the whole pipeline.
+"""One validated, frozen configuration tree for the whole pipeline, and where its values come from.
 
-Every option a user can set lives here, validated once at the edge (CLI, flow parameters), so a
-bad value fails before any work with a message naming the field. Field names are the names used
-everywhere else: MLflow params, Optuna parameters and CLI flags (``max_len`` ⇄ ``--max-len``).
+Every setting lives here once, with its type, bounds, default and help text: the CLI options, the
+``SENTIMENT_*`` environment variables, config files (YAML or TOML) and the Prefect/Kubeflow
+parameters are all generated from these models, never listed again by hand. Field names are the
+names used everywhere else: MLflow params, Optuna parameters and CLI flags (``max_len`` ⇄
+``--max-len``). Values are validated once, at the edge, so a bad value fails before any work with
+a message naming the field and where it came from.
+
+Precedence, highest first: command-line option > environment variable > config file > default.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_ARCHIVE = Path(__file__).resolve().parent / "sample" / "aclImdb_sample.tar.gz"
-DEFAULT_STORE = PROJECT_ROOT / "mlruns"
+ENV_PREFIX = "SENTIMENT_"
 
 Cell = Literal["simple_rnn", "lstm", "gru"]
 Optimizer = Literal["rmsprop", "adam"]
 Monitor = Literal["val_accuracy", "val_loss"]
-CELLS: tuple[Cell, ...] = ("simple_rnn", "lstm", "gru")
+CELLS: tuple[Cell, ...] = Cell.__args__
 # XLA compiles each batch shape once (~2 s per shape, ~10 shapes a model); it pays back through
 # ~1.5-3× faster steps only over this many reviews × epochs.
 JIT_MIN_REVIEW_EPOCHS = 40_000
@@ -32,42 +40,63 @@ class _Frozen(BaseModel):
 class HParams(_Frozen):
     """The model's hyperparameters: what the search chooses and what a preset fixes."""
 
-    cell: Cell = "gru"
-    units: int = Field(32, ge=1, le=1024)
-    layers: int = Field(1, ge=1, le=4)
-    bidirectional: bool = False
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    learning_rate: float = Field(3e-3, gt=0.0, le=1.0)
-    embedding_dim: int = Field(32, ge=1, le=1024)
-    optimizer: Optimizer = "adam"
+    cell: Cell = Field("gru", description="recurrent cell type")
+    units: int = Field(32, ge=1, le=1024, description="units per recurrent layer")
+    layers: int = Field(1, ge=1, le=4, description="stacked recurrent layers")
+    bidirectional: bool = Field(False, description="read each review both ways")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout after the embedding and each layer")
+    learning_rate: float = Field(3e-3, gt=0.0, le=1.0, description="optimizer learning rate")
+    embedding_dim: int = Field(32, ge=1, le=1024, description="embedding width")
+    optimizer: Optimizer = Field("adam", description="optimizer")
 
 
 class DataConfig(_Frozen):
-    path: Path = SAMPLE_ARCHIVE
-    vocab_size: int = Field(10_000, ge=2)
-    max_len: int = Field(500, ge=1)
-    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    seed: int = 42
-    limit: int | None = Field(None, ge=2, description="use at most this many reviews per split")
-    cache_dir: Path | None = PROJECT_ROOT / ".cache" / "prepared"
+    path: Path = Field(
+        SAMPLE_ARCHIVE,
+        description="aclImdb .tar.gz as downloaded, or its extracted folder (default: the sample "
+        "shipped in the package)",
+    )
+    vocab_size: int = Field(
+        10_000, ge=2, description="vocabulary cap: the most frequent words of the training split"
+    )
+    max_len: int = Field(500, ge=1, description="tokens kept per review, from its end")
+    val_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="share of the training reviews held out for validation"
+    )
+    seed: int = Field(42, description="seed of the validation split and of --limit's draw")
+    limit: int | None = Field(None, ge=2, description="use at most this many reviews per split (stratified)")
+    cache_dir: Path | None = Field(
+        PROJECT_ROOT / ".cache" / "prepared", description="where prepared arrays are cached; none: no cache"
+    )
+
+    @field_validator("path", "cache_dir")
+    @classmethod
+    def _absolute(cls, path: Path | None) -> Path | None:
+        """Absolute, so every process (workers, Prefect runs) reads the same place."""
+        return None if path is None else path.expanduser().resolve()
 
 
 class TrainConfig(_Frozen):
-    batch_size: int = Field(64, ge=1)
-    epochs: int = Field(8, ge=1)
-    patience: int = Field(3, ge=0)
-    monitor: Monitor = "val_accuracy"
-    buckets: int = Field(4, ge=1, le=32, description="length buckets; 1 pads every batch to max_len")
-    jit_compile: bool | None = Field(None, description="XLA; None: on from JIT_MIN_REVIEW_EPOCHS")
-    seed: int = 42
+    batch_size: int = Field(64, ge=1, description="batch size")
+    epochs: int = Field(8, ge=1, description="epoch cap for the final model")
+    patience: int = Field(3, ge=0, description="early-stopping patience in epochs")
+    monitor: Monitor = Field("val_accuracy", description="what early stopping and the search optimise")
+    buckets: int = Field(
+        4, ge=1, le=32, description="length buckets per epoch; 1 pads every batch to --max-len"
+    )
+    jit_compile: bool | None = Field(
+        None,
+        description=f"XLA-compile the model's steps (default: on from {JIT_MIN_REVIEW_EPOCHS:,} reviews × epochs)",
+    )
+    seed: int = Field(42, description="seed of weight initialisation and batch order")
     bigram_buckets: int = Field(
         2**20,
         ge=0,
         le=2**24,
-        description="hashed bigram ids of the bag-of-bigrams companion (at most; fewer when the "
-        "training reviews hold fewer bigrams); 0: no companion, the RNN alone",
+        description="hashed bigram ids of the bag-of-bigrams companion, averaged with the RNN when "
+        "that wins on validation (fewer when the training reviews hold fewer bigrams); 0: the RNN alone",
     )
-    bigram_dim: int = Field(16, ge=1, le=1024, description="embedding width of the companion")
+    bigram_dim: int = Field(16, ge=1, le=1024, description="embedding width of the bag-of-bigrams companion")
 
     @field_validator("bigram_buckets")
     @classmethod
@@ -78,18 +107,24 @@ class TrainConfig(_Frozen):
 
 
 class SearchConfig(_Frozen):
-    trials: int = Field(6, ge=1, description="trials per invocation")
-    timeout: float | None = Field(None, gt=0, description="seconds for the whole search")
-    study_name: str = Field("imdb-sentiment", min_length=1)
-    storage: str | None = None
-    epochs: int = Field(3, ge=1, description="epoch cap per trial")
-    cells: tuple[Cell, ...] = CELLS
-    pruner: Literal["median", "hyperband", "none"] = "median"
-    subset: float = Field(1.0, gt=0.0, le=1.0, description="share of training reviews per trial")
-    max_len: int | None = Field(
-        None, ge=1, description="tokens per review in trials (the end); None: data.max_len"
+    trials: int = Field(6, ge=1, description="Optuna trials to run in this invocation")
+    timeout: float | None = Field(None, gt=0, description="time budget for the whole search, in seconds")
+    study_name: str = Field(
+        "imdb-sentiment", min_length=1, description="Optuna study name; an existing study resumes"
     )
-    seed: int | None = 42
+    storage: str | None = Field(
+        None,
+        description="Optuna storage URL (default: optuna.db beside the embedded MLflow store; "
+        "required with any other tracking store)",
+    )
+    epochs: int = Field(3, ge=1, description="epoch cap per trial")
+    cells: tuple[Cell, ...] = Field(CELLS, description="cell types to search (repeat the option)")
+    pruner: Literal["median", "hyperband", "none"] = Field("median", description="Optuna pruner")
+    subset: float = Field(1.0, gt=0.0, le=1.0, description="share of training reviews each trial trains on")
+    max_len: int | None = Field(
+        None, ge=1, description="tokens per review (the end) in trials (default: --max-len)"
+    )
+    seed: int | None = Field(42, description="seed of the Optuna sampler and of --subset's draw")
     workers: int = Field(1, ge=1, le=8, description="trials run side by side, one process each")
 
     @field_validator("cells")
@@ -101,24 +136,28 @@ class SearchConfig(_Frozen):
 
 
 class TrackingConfig(_Frozen):
-    tracking_uri: str = f"sqlite:///{DEFAULT_STORE / 'mlflow.db'}"
-    artifact_root: str | None = Field(None, description="default: artifacts/ beside a SQLite store")
-    experiment_name: str = Field("imdb-sentiment", min_length=1)
-    model_name: str = Field("imdb-sentiment", min_length=1)
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI, also the registry's (default: the embedded store "
+        "mlruns/mlflow.db in the repository; MLFLOW_TRACKING_URI is read too)",
+    )
+    artifact_root: str | None = Field(
+        None,
+        description="where new experiments keep artifacts (default: artifacts/ beside the embedded "
+        "store; the server's choice with a tracking server)",
+    )
+    experiment_name: str = Field("imdb-sentiment", min_length=1, description="MLflow experiment")
+    model_name: str = Field("imdb-sentiment", min_length=1, description="registered model name")
     promotion_alpha: float = Field(
-        0.05, gt=0.0, le=1.0, description="McNemar exact test level to promote; 1 turns the test off"
+        0.05,
+        gt=0.0,
+        le=1.0,
+        description="promote only if McNemar's exact test on the same test reviews gives p below this; "
+        "1 turns the test off",
     )
     min_gain: float = Field(
-        0.0, ge=0.0, le=1.0, description="test accuracy a challenger must gain to promote"
+        0.0, ge=0.0, le=1.0, description="test accuracy a challenger must gain over the champion to promote"
     )
-
-    def artifact_location(self) -> str:
-        """Where new experiments keep artifacts: absolute, so every process finds them."""
-        if self.artifact_root:
-            return self.artifact_root
-        if self.tracking_uri.startswith("sqlite:///"):
-            return (Path(self.tracking_uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
-        return (DEFAULT_STORE / "artifacts").as_uri()
 
 
 class PipelineConfig(_Frozen):
@@ -127,39 +166,65 @@ class PipelineConfig(_Frozen):
     search: SearchConfig = SearchConfig()
     tracking: TrackingConfig = TrackingConfig()
 
-    def study_storage(self) -> str:
-        """Optuna storage URL: the configured one, else a SQLite file beside the MLflow store."""
-        if self.search.storage:
-            return self.search.storage
-        uri = self.tracking.tracking_uri
-        if uri.startswith("sqlite:///"):
-            return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).parent / 'optuna.db'}"
-        return f"sqlite:///{DEFAULT_STORE / 'optuna.db'}"
-
     def flat_params(self) -> dict[str, Any]:
         """Dotted keys (``data.max_len``) for logging the whole config as MLflow params."""
         return _flatten(self.model_dump(mode="json"))
 
 
+SECTIONS: dict[str, type[BaseModel]] = {
+    name: field.annotation for name, field in PipelineConfig.model_fields.items()
+}
+
+
 class ConfigError(ValueError):
-    """An invalid option; the message names the field (``data.vocab_size``)."""
+    """An invalid setting; the message names the field (``data.vocab_size``) and where it came from."""
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+# --- names: one per setting, derived from the field ------------------------------------------
+
+# A leaf name used by two sections keeps the plain flag in its home section (``--max-len`` is
+# ``data.max_len``); elsewhere the flag carries the section (``--search-max-len``).
+_HOME = {"max_len": "data", "epochs": "train"}
+_FLAG_NAMES = {"data.path": "--data", "search.cells": "--cell"}
+
+
+def fields() -> Iterator[tuple[str, FieldInfo]]:
+    """Every setting as (dotted name, pydantic field), section by section."""
+    for section, model in SECTIONS.items():
+        for name, field in model.model_fields.items():
+            yield f"{section}.{name}", field
+
+
+def flag(dotted: str) -> str:
+    """The CLI flag of a setting: ``data.max_len`` → ``--max-len``, ``search.epochs`` → ``--search-epochs``."""
+    if dotted in _FLAG_NAMES:
+        return _FLAG_NAMES[dotted]
+    section, leaf = dotted.split(".", 1)
+    shared = sum(leaf in model.model_fields for model in SECTIONS.values()) > 1
+    name = f"{section}_{leaf}" if shared and _HOME.get(leaf) != section else leaf
+    return "--" + name.replace("_", "-")
+
+
+def env_var(dotted: str) -> str:
+    """The environment variable of a setting: ``data.max_len`` → ``SENTIMENT_DATA_MAX_LEN``."""
+    return ENV_PREFIX + dotted.replace(".", "_").upper()
+
+
+# --- building the config -------------------------------------------------------------------
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in tree.items():
-        if isinstance(value, dict):
+        if isinstance(value, Mapping):
             flat.update(_flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
 
 
-def build_config(overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Build the config from dotted overrides (``{"data.max_len": 200}``); None values are skipped.
-
-    Raises ConfigError naming each invalid field.
-    """
+def _tree(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Dotted keys to a nested dict; None values are skipped (an option not given)."""
     tree: dict[str, Any] = {}
     for dotted, value in (overrides or {}).items():
         if value is None:
@@ -169,39 +234,133 @@ def build_config(overrides: dict[str, Any] | None = None) -> PipelineConfig:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
+    return tree
+
+
+def build_config(overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
+    """The config from dotted overrides alone (``{"data.max_len": 200}``), no environment or file.
+
+    Raises ConfigError naming each invalid field.
+    """
     try:
-        return PipelineConfig.model_validate(tree)
+        return PipelineConfig.model_validate(_tree(overrides))
     except ValidationError as error:
-        raise ConfigError(describe_validation_error(error)) from None
+        raise ConfigError(describe_validation_error(error, overrides)) from None
 
 
-# Fields whose CLI flag is not ``--<leaf name>``: the search's own knobs share a leaf name with
-# the final model's (``search.epochs`` vs ``train.epochs``).
-_FLAGS = {
-    "data.path": "--data",
-    "search.epochs": "--search-epochs",
-    "search.max_len": "--search-max-len",
-    "search.cells": "--cell",
-}
+def _settings_class(config_file: Path | None) -> type:
+    """The config's sources in precedence order, as pydantic-settings sees them.
+
+    Imported here, not at the top: registry consumers load ``pipeline.data`` (and so this module)
+    with MLflow alone, which does not bring pydantic-settings.
+    """
+    from pydantic_settings import (
+        BaseSettings,
+        PydanticBaseSettingsSource,
+        SettingsConfigDict,
+        TomlConfigSettingsSource,
+        YamlConfigSettingsSource,
+    )
+
+    class MlflowEnv(PydanticBaseSettingsSource):
+        """MLflow's own ``MLFLOW_TRACKING_URI``, below ``SENTIMENT_TRACKING_TRACKING_URI``."""
+
+        def get_field_value(self, field, field_name):  # unused: __call__ returns the whole tree
+            return None, field_name, False
+
+        def __call__(self) -> dict[str, Any]:
+            uri = os.environ.get("MLFLOW_TRACKING_URI")
+            return {"tracking": {"tracking_uri": uri}} if uri else {}
+
+    class Settings(BaseSettings):
+        model_config = SettingsConfigDict(
+            env_prefix=ENV_PREFIX, env_nested_delimiter="_", env_nested_max_split=1, extra="forbid"
+        )
+        data: DataConfig = DataConfig()
+        train: TrainConfig = TrainConfig()
+        search: SearchConfig = SearchConfig()
+        tracking: TrackingConfig = TrackingConfig()
+
+        @classmethod
+        def settings_customise_sources(
+            cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+        ):
+            files: list[PydanticBaseSettingsSource] = []
+            if config_file is not None and config_file.suffix == ".toml":
+                files.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            elif config_file is not None:
+                files.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+            return (init_settings, env_settings, MlflowEnv(settings_cls), *files)
+
+    return Settings
 
 
-def describe_validation_error(error: ValidationError) -> str:
+def load_config(options: Mapping[str, Any] | None = None, config_file: Path | None = None) -> PipelineConfig:
+    """The config from dotted ``options`` > ``SENTIMENT_*`` variables > ``config_file`` > defaults.
+
+    ``config_file`` is YAML (``.yaml``/``.yml``) or TOML (``.toml``) shaped like the config tree
+    (``data: {max_len: 200}``). Raises ConfigError naming each invalid field and its source, or
+    the file when it cannot be read.
+    """
+    if config_file is not None:
+        config_file = Path(config_file)
+        if config_file.suffix not in (".yaml", ".yml", ".toml"):
+            raise ConfigError(f"config file {config_file}: use a .yaml, .yml or .toml file")
+        if not config_file.is_file():
+            raise ConfigError(f"config file not found: {config_file}")
+    try:
+        loaded = _settings_class(config_file)(**_tree(options))
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error, options, config_file)) from None
+    except Exception as error:  # a file that is not valid YAML/TOML
+        if config_file is None:
+            raise
+        first_line = str(error).strip().splitlines()[0]
+        raise ConfigError(
+            f"config file {config_file}: not valid {config_file.suffix[1:]}: {first_line}"
+        ) from None
+    return PipelineConfig.model_validate(loaded.model_dump(exclude_unset=True))
+
+
+def describe_validation_error(
+    error: ValidationError, options: Mapping[str, Any] | None = None, config_file: Path | None = None
+) -> str:
+    """One line per problem: the field, its flag, the message, the value and where it came from."""
     lines = []
     for problem in error.errors():
         parts = [str(part) for part in problem["loc"] if not isinstance(part, int)]
+        dotted = ".".join(parts)
         field = ".".join(parts[:2])
-        flag = _FLAGS.get(field, "--" + parts[-1].replace("_", "-"))
-        lines.append(
-            f"invalid option {'.'.join(parts)} ({flag}): {problem['msg']} (got {problem.get('input')!r})"
-        )
+        line = f"invalid option {dotted} ({flag(field)}): {problem['msg']} (got {problem.get('input')!r})"
+        source = _source(field, options, config_file)
+        lines.append(line + (f" from {source}" if source else ""))
     return "\n".join(lines)
 
 
-def run_params(hparams: HParams, cfg: PipelineConfig) -> dict[str, Any]:
-    """The params every trial and final run logs, under the same names: compare runs side by side."""
-    return {
+def _source(field: str, options: Mapping[str, Any] | None, config_file: Path | None) -> str | None:
+    if options is not None and options.get(field) is not None:
+        return None  # the option the user typed: the flag already says it
+    if env_var(field) in os.environ:
+        return env_var(field)
+    if field == "tracking.tracking_uri" and "MLFLOW_TRACKING_URI" in os.environ:
+        return "MLFLOW_TRACKING_URI"
+    return str(config_file) if config_file is not None else None
+
+
+def run_params(
+    hparams: HParams, cfg: PipelineConfig, effective_vocab_size: int | None = None
+) -> dict[str, Any]:
+    """The params every trial and final run logs, under the same names: compare runs side by side.
+
+    ``vocab_size`` is the configured cap; ``vocab_size_effective`` the embedding's input size
+    (the words found, plus padding and out-of-vocabulary ids), when known.
+    """
+    params = {
         **hparams.model_dump(),
         "vocab_size": cfg.data.vocab_size,
         "max_len": cfg.data.max_len,
         "batch_size": cfg.train.batch_size,
     }
+    if effective_vocab_size is not None:
+        params["vocab_size_effective"] = effective_vocab_size
+    return params

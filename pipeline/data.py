@@ -82,6 +82,12 @@ class PreparedData:
     prep_seconds: float = 0.0
     from_cache: bool = False
 
+    @property
+    def vocab_size_effective(self) -> int:
+        """The embedding's input size: the words kept plus the padding (0) and out-of-vocabulary (1)
+        ids. ``data.vocab_size`` is only the cap: a small dataset may hold fewer words."""
+        return len(self.vocabulary) + 2
+
     def summary(self) -> dict[str, float | int | str]:
         """Sizes and class balance, as logged with the dataset."""
         info: dict[str, float | int | str] = {"dataset_digest": self.digest}

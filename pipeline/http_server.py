@@ -1,8 +1,9 @@
-"""`mlflow models serve` as a child process: start it, wait until it answers, post JSON, stop it.
+"""MLflow's scoring server for a registered model: the command ``sentiment serve`` runs, and the
+same as a child process (start it, wait until it answers, post JSON, stop it) for the HTTP tests
+and the serving benchmark.
 
-Used by the HTTP tests and the serving benchmark, the way an operator runs the registry model:
-``mlflow models serve -m models:/NAME@champion --env-manager local``. That command starts a bare
-``uvicorn``, so this interpreter's ``bin`` goes first on PATH (else it exits with code 127).
+``mlflow models serve -m models:/NAME@champion --env-manager local`` starts a bare ``uvicorn``, so
+this interpreter's ``bin`` goes first on PATH (else it exits with code 127).
 """
 
 from __future__ import annotations
@@ -27,6 +28,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def serve_command(
+    model_uri: str, tracking_uri: str, host: str = "127.0.0.1", port: int = 5001, workers: int = 1
+) -> tuple[list[str], dict[str, str]]:
+    """(argv, environment) of ``mlflow models serve`` for ``model_uri`` in the store at ``tracking_uri``."""
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_REGISTRY_URI": tracking_uri,
+    }
+    command = [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local"]
+    command += ["--host", host, "--port", str(port), "--workers", str(workers)]
+    return command, env
+
+
 @contextmanager
 def model_server(
     model_uri: str, tracking_uri: str, log_file: Path, workers: int = 1, startup_timeout: float = 120.0
@@ -36,20 +53,13 @@ def model_server(
     The server's output goes to ``log_file``. Raises RuntimeError (with the log's tail) when it
     exits before answering ``/ping``, TimeoutError when it does not answer in time.
     """
-    bin_dir = Path(sys.executable).parent
-    env = {
-        **os.environ,
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-        "MLFLOW_TRACKING_URI": tracking_uri,
-    }
     port = free_port()
-    command = [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    command, env = serve_command(model_uri, tracking_uri, "127.0.0.1", port, workers)
     with log_file.open("wb") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
-            _wait_for_ping(url, process, log_file, startup_timeout)
+            wait_for_ping(url, process, log_file, startup_timeout)
             yield url
         finally:
             process.terminate()
@@ -60,7 +70,7 @@ def model_server(
                 process.wait()
 
 
-def _wait_for_ping(url: str, process: subprocess.Popen, log_file: Path, timeout: float) -> None:
+def wait_for_ping(url: str, process: subprocess.Popen, log_file: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import keras
 
-from pipeline.config import HParams
+from pipeline.config import ConfigError, HParams, PipelineConfig
 from pipeline.layers import HashedBigrams, MaskedMean
 
 _CELLS = {
@@ -100,6 +100,23 @@ class Preset:
     hparams: HParams
     vocab_size: int
     max_len: int = 500
+
+    def configure(self, cfg: PipelineConfig) -> PipelineConfig:
+        """``cfg`` for this preset: its vocabulary unless one was set, and never the bigram
+        companion (a preset is the notebook's model as written). Raises ConfigError when the
+        companion was asked for."""
+        if "bigram_buckets" in cfg.train.model_fields_set and cfg.train.bigram_buckets:
+            raise ConfigError(
+                "invalid option train.bigram_buckets (--bigram-buckets): a preset is the "
+                "notebook's model as written, without the bigram companion"
+            )
+        data = {} if "vocab_size" in cfg.data.model_fields_set else {"vocab_size": self.vocab_size}
+        return cfg.model_copy(
+            update={
+                "data": cfg.data.model_copy(update=data),
+                "train": cfg.train.model_copy(update={"bigram_buckets": 0}),
+            }
+        )
 
 
 _NOTEBOOK = {"embedding_dim": 16, "units": 8, "optimizer": "rmsprop", "learning_rate": 1e-4}

@@ -18,13 +18,22 @@ from typing import IO, Any
 
 import pandas as pd
 
-from pipeline.serve import InputError, is_missing
+from pipeline.serve import InputError, is_missing, load_scorer
+from pipeline.stores import Stores
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("csv", "jsonl", "parquet")
 Record = dict[str, Any]
 Scorer = Callable[[Sequence[str]], pd.DataFrame]
+
+
+def scorer_for(stores: Stores, model_uri: str) -> Scorer:
+    """``score(texts) → DataFrame(probability, label)`` of the model at ``model_uri`` in ``stores``.
+
+    Raises MlflowException when the model cannot be found or loaded.
+    """
+    return load_scorer(stores.download_model(model_uri))
 
 
 def file_format(path: Path) -> str:
@@ -197,19 +206,20 @@ def predict_file(
     *,
     text_column: str = "text",
     batch_size: int = 256,
-    stdin: IO[bytes],
-    stdout: IO[str],
+    stdin: IO[bytes] | None = None,
+    stdout: IO[str] | None = None,
     progress: bool = True,
 ) -> int:
-    """Score every record of ``source`` (stdin lines when None) into ``target`` (stdout CSV when None).
+    """Score every record of ``source`` (lines of ``stdin``, default the process's, when None) into
+    ``target`` (CSV on ``stdout`` when None).
 
     Returns the number of reviews scored. Raises InputError naming the first bad row; a partly
     written output file is removed.
     """
     from tqdm import tqdm
 
-    writer = Writer(target, stdout)
-    items = records(source, text_column, batch_size, stdin)
+    writer = Writer(target, stdout or sys.stdout)
+    items = records(source, text_column, batch_size, stdin or sys.stdin.buffer)
     bar = tqdm(unit=" reviews", disable=not progress, file=sys.stderr)
     try:
         for frame in score_records(score, items, text_column, batch_size):

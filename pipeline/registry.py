@@ -7,7 +7,7 @@ champion *on the same test reviews*: the champion's per-review correctness comes
 re-scored. The comparison is McNemar's exact test on the discordant pairs, plus an optional
 minimum accuracy gain (``TrackingConfig.promotion_alpha`` / ``min_gain``).
 
-The ``champion`` alias moves last, once, under a lock beside a SQLite store, and only if the
+The ``champion`` alias moves last, once, under the stores' alias lock, and only if the
 champion is still the one compared against; otherwise the comparison is redone against the new
 champion, so two runs finishing together never leave the alias on the worse model. If anything
 fails between creating the version and moving the alias, the version is deleted and the previous
@@ -17,15 +17,13 @@ champion stays.
 from __future__ import annotations
 
 import base64
-import fcntl
 import hashlib
+import json
 import logging
 import zlib
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,9 +31,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from scipy.stats import binomtest
 
-from pipeline.config import HParams, TrackingConfig
+from pipeline.config import HParams, PipelineConfig, TrackingConfig
 from pipeline.evaluate import THRESHOLD
-from pipeline.tracking import client_for
+from pipeline.predict import scorer_for
+from pipeline.stores import Stores
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +159,7 @@ def unpack_correct(value: str) -> np.ndarray:
 
 
 def register_and_promote(
+    stores: Stores,
     cfg: TrackingConfig,
     model_uri: str,
     run_id: str,
@@ -176,16 +176,16 @@ def register_and_promote(
     against the champion's on the same reviews. Without ``test`` the stored test accuracies are
     compared, unpaired. Raises whatever failed, after deleting the new version.
     """
-    client = client_for(cfg)
-    _ensure_registered_model(client, cfg.model_name)
+    client = stores.mlflow_client()
+    _ensure_registered_model(client, cfg.model_name, stores.tracking_uri)
     tags = {key: str(value) for key, value in evidence.items()}
     version = str(client.create_model_version(cfg.model_name, model_uri, run_id=run_id, tags=tags).version)
     try:
-        describe_version(client, cfg.model_name, version, evidence, test)
+        describe_version(client, cfg.model_name, version, evidence, test, stores.tracking_uri)
         if test is not None:
-            correct = _score(model_uri, test) if correct is None else np.asarray(correct, dtype=bool)
+            correct = _score(stores, model_uri, test) if correct is None else np.asarray(correct, dtype=bool)
             _record_evaluation(client, cfg.model_name, version, test, correct)
-        decision = _promote_when_earned(client, cfg, version, float(evidence[METRIC]), test, correct)
+        decision = _promote_when_earned(stores, client, cfg, version, float(evidence[METRIC]), test, correct)
     except BaseException:
         log.error("registration of %s v%s failed; deleting the version", cfg.model_name, version)
         client.delete_model_version(cfg.model_name, version)
@@ -195,6 +195,7 @@ def register_and_promote(
 
 
 def _promote_when_earned(
+    stores: Stores,
     client: MlflowClient,
     cfg: TrackingConfig,
     version: str,
@@ -205,10 +206,10 @@ def _promote_when_earned(
     """Decide against the current champion; move the alias only if it is still that champion."""
     for _ in range(_ATTEMPTS):
         current = champion(client, cfg.model_name)
-        decision = _decide(client, cfg, version, accuracy, current, test, correct)
+        decision = _decide(stores, client, cfg, version, accuracy, current, test, correct)
         for key, value in decision.tags().items():
             client.set_model_version_tag(cfg.model_name, version, key, value)
-        with _alias_lock(cfg):
+        with stores.alias_lock(cfg.model_name):
             if champion(client, cfg.model_name) != current:
                 log.info("champion of %s moved while deciding; deciding again", cfg.model_name)
                 continue
@@ -219,6 +220,7 @@ def _promote_when_earned(
 
 
 def _decide(
+    stores: Stores,
     client: MlflowClient,
     cfg: TrackingConfig,
     version: str,
@@ -232,7 +234,7 @@ def _decide(
     champion_version, champion_accuracy = current
     if test is None or correct is None:
         return _compare_unpaired(version, accuracy, champion_version, champion_accuracy, cfg.min_gain)
-    champion_correct = _evaluation(client, cfg.model_name, champion_version, test)
+    champion_correct = _evaluation(stores, client, cfg.model_name, champion_version, test)
     return compare(version, correct, champion_version, champion_correct, cfg.promotion_alpha, cfg.min_gain)
 
 
@@ -248,21 +250,19 @@ def _compare_unpaired(
     return PromotionDecision(version, promoted, reason, accuracy, champion_version, champion_accuracy)
 
 
-def _evaluation(client: MlflowClient, name: str, version: str, test: TestSplit) -> np.ndarray:
+def _evaluation(stores: Stores, client: MlflowClient, name: str, version: str, test: TestSplit) -> np.ndarray:
     """A version's per-review correctness on ``test``: from its tags, else re-scored and recorded."""
     tags = client.get_model_version(name, version).tags
     if tags.get(SPLIT_TAG) == test.digest and CORRECT_TAG in tags:
         return unpack_correct(tags[CORRECT_TAG])
     log.info("re-scoring %s v%s on the current test split (%d reviews)", name, version, len(test.texts))
-    correct = _score(f"models:/{name}/{version}", test)
+    correct = _score(stores, f"models:/{name}/{version}", test)
     _record_evaluation(client, name, version, test, correct)
     return correct
 
 
-def _score(model_uri: str, test: TestSplit) -> np.ndarray:
-    from pipeline.serve import load_scorer
-
-    probability = load_scorer(model_uri)(list(test.texts))["probability"].to_numpy()
+def _score(stores: Stores, model_uri: str, test: TestSplit) -> np.ndarray:
+    probability = scorer_for(stores, model_uri)(list(test.texts))["probability"].to_numpy()
     return (probability >= THRESHOLD).astype(int) == np.asarray(test.labels).astype(int)
 
 
@@ -272,22 +272,6 @@ def _record_evaluation(
     client.set_model_version_tag(name, version, SPLIT_TAG, test.digest)
     client.set_model_version_tag(name, version, CORRECT_TAG, pack_correct(correct))
     client.set_model_version_tag(name, version, ACCURACY_TAG, f"{float(np.mean(correct)):.6f}")
-
-
-@contextmanager
-def _alias_lock(cfg: TrackingConfig) -> Iterator[None]:
-    """An exclusive lock beside a SQLite store (processes on one machine); a no-op otherwise."""
-    if not cfg.tracking_uri.startswith("sqlite:///"):
-        yield
-        return
-    folder = Path(cfg.tracking_uri.removeprefix("sqlite:///")).parent
-    path = folder / f".registry-{hashlib.sha1(cfg.model_name.encode()).hexdigest()[:12]}.lock"
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _move_alias(client: MlflowClient, name: str, version: str, previous: str | None) -> None:
@@ -309,14 +293,14 @@ def champion(client: MlflowClient, name: str) -> tuple[str, float] | None:
 # --- moving the alias by hand ---------------------------------------------------------------
 
 
-def promote(cfg: TrackingConfig, version: str, reason: str) -> str | None:
+def promote(stores: Stores, cfg: TrackingConfig, version: str, reason: str) -> str | None:
     """Make ``version`` the champion by hand, recording ``reason`` on it; returns the old champion.
 
     Raises RegistryError when the version does not exist.
     """
-    client = client_for(cfg)
+    client = stores.mlflow_client()
     _require_version(client, cfg.model_name, version)
-    with _alias_lock(cfg):
+    with stores.alias_lock(cfg.model_name):
         current = champion(client, cfg.model_name)
         previous = current[0] if current else None
         client.set_model_version_tag(cfg.model_name, version, "manual_promotion_reason", reason)
@@ -325,14 +309,14 @@ def promote(cfg: TrackingConfig, version: str, reason: str) -> str | None:
     return previous
 
 
-def rollback(cfg: TrackingConfig, reason: str, version: str | None = None) -> tuple[str, str]:
+def rollback(stores: Stores, cfg: TrackingConfig, reason: str, version: str | None = None) -> tuple[str, str]:
     """Move ``champion`` back to ``version`` (default: the one the current champion replaced).
 
     Records ``reason`` on both versions; returns (old champion, new champion). Raises
     RegistryError when there is no champion or nothing to roll back to.
     """
-    client = client_for(cfg)
-    with _alias_lock(cfg):
+    client = stores.mlflow_client()
+    with stores.alias_lock(cfg.model_name):
         current = champion(client, cfg.model_name)
         if current is None:
             raise RegistryError(f"{cfg.model_name} has no {CHAMPION} to roll back")
@@ -358,13 +342,13 @@ def _require_version(client: MlflowClient, name: str, version: str) -> None:
 # --- the model card -------------------------------------------------------------------------
 
 
-def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+def _ensure_registered_model(client: MlflowClient, name: str, tracking_uri: str) -> None:
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description=model_card(name))
+        client.create_registered_model(name, description=model_card(name, tracking_uri))
         return
-    client.update_registered_model(name, description=model_card(name))
+    client.update_registered_model(name, description=model_card(name, tracking_uri))
 
 
 def pipeline_version() -> str:
@@ -374,7 +358,7 @@ def pipeline_version() -> str:
         return "unknown"
 
 
-def model_card(name: str) -> str:
+def model_card(name: str, tracking_uri: str) -> str:
     """Markdown for the registered model: what it is and how to call its champion."""
     return "\n".join(
         [
@@ -387,16 +371,18 @@ def model_card(name: str) -> str:
             "Each version's description holds its data, test metrics and hyperparameters; the"
             f" `{CHAMPION}` alias marks the version that won a paired test (McNemar) on the test split.",
             "",
-            _usage(f"models:/{name}@{CHAMPION}", name),
+            _usage(f"models:/{name}@{CHAMPION}", tracking_uri),
         ]
     )
 
 
-# What the version is beyond the RNN's hyperparameters (flows.tasks.blend_bigram_companion).
-_MODEL_DETAILS = ("model_kind", "bigram_buckets", "bigram_dim")
+# What the version is beyond the RNN's hyperparameters (stages.FinalModel.details).
+_MODEL_DETAILS = ("model_kind", "bigram_buckets", "bigram_dim", "vocab_size_effective")
 
 
-def version_card(name: str, version: str, evidence: dict[str, Any], test: TestSplit | None) -> str:
+def version_card(
+    name: str, version: str, evidence: dict[str, Any], test: TestSplit | None, tracking_uri: str
+) -> str:
     """Markdown for one version: data, test metrics, hyperparameters, pipeline version, usage."""
     metrics = {k: v for k, v in evidence.items() if k.startswith("test_") and not k.endswith("_share")}
     hparams = {
@@ -427,23 +413,29 @@ def version_card(name: str, version: str, evidence: dict[str, Any], test: TestSp
         f"- training run: `{evidence.get('run_id', 'unknown')}`",
         f"- pipeline: imdb-sentiment-pipeline {pipeline_version()}",
         "",
-        _usage(f"models:/{name}/{version}", name),
+        _usage(f"models:/{name}/{version}", tracking_uri),
     ]
     return "\n".join(rows)
 
 
 def describe_version(
-    client: MlflowClient, name: str, version: str, evidence: dict[str, Any], test: TestSplit | None
+    client: MlflowClient,
+    name: str,
+    version: str,
+    evidence: dict[str, Any],
+    test: TestSplit | None,
+    tracking_uri: str,
 ) -> None:
-    client.update_model_version(name, version, description=version_card(name, version, evidence, test))
+    description = version_card(name, version, evidence, test, tracking_uri)
+    client.update_model_version(name, version, description=description)
 
 
-def _usage(uri: str, name: str) -> str:
+def _usage(uri: str, tracking_uri: str) -> str:
     return f"""## How to call it
 Python (any environment with mlflow, keras and tensorflow):
 ```python
 import mlflow, pandas as pd
-mlflow.set_tracking_uri("sqlite:////path/to/mlruns/mlflow.db")  # the store holding `{name}`
+mlflow.set_tracking_uri("{tracking_uri}")  # the store holding the model
 model = mlflow.pyfunc.load_model("{uri}")
 model.predict(pd.DataFrame({{"text": ["A wonderful film.", "Dull and far too long."]}}))
 # → DataFrame(probability, label)
@@ -454,7 +446,60 @@ sentiment predict --model "{uri}" --input reviews.csv --output scored.csv
 ```
 HTTP:
 ```bash
-mlflow models serve -m "{uri}" --env-manager local --host 127.0.0.1 --port 5001
+sentiment serve "{uri}" --port 5001     # or: mlflow models serve -m "{uri}" --env-manager local
 curl -s 127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\
   -d '{{"inputs": ["A wonderful film.", "Dull and far too long."]}}'
 ```"""
+
+
+# --- scheduled retraining: is the champion already trained on this data and config? -------
+
+# Where things live, not what is trained: a moved cache or store does not call for retraining.
+_PLACE_PARAMS = ("data.path", "data.cache_dir", "search.storage", "search.workers")
+_PLACE_PREFIXES = ("tracking.",)
+
+
+@dataclass(frozen=True)
+class ChampionCheck:
+    """How the current champion's training run compares with this data and config."""
+
+    unchanged: bool
+    reason: str
+    champion_version: str | None = None
+    champion_run_id: str | None = None
+
+
+def training_params(cfg: PipelineConfig) -> dict[str, str]:
+    """The config as logged params, less where data and stores live: what defines the training."""
+    return {
+        key: json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+        for key, value in cfg.flat_params().items()
+        if key not in _PLACE_PARAMS and not key.startswith(_PLACE_PREFIXES)
+    }
+
+
+def check_champion(stores: Stores, cfg: PipelineConfig, dataset_digest: str) -> ChampionCheck:
+    """Compare the dataset digest and the training params with the champion's training run.
+
+    Reads the ``champion`` alias of ``cfg.tracking.model_name`` (its ``dataset_digest`` tag) and
+    the params of the run that trained it. Raises MlflowException when the store cannot be read.
+    """
+    client = stores.mlflow_client()
+    try:
+        version = client.get_model_version_by_alias(cfg.tracking.model_name, CHAMPION)
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return ChampionCheck(False, f"no {CHAMPION} for model '{cfg.tracking.model_name}' yet")
+        raise
+    run_id = version.tags.get("run_id") or version.run_id
+    logged = client.get_run(run_id).data.params
+    wanted = training_params(cfg)
+    changed = sorted(key for key, value in wanted.items() if logged.get(key) != value)
+    who = {"champion_version": str(version.version), "champion_run_id": run_id}
+    if version.tags.get("dataset_digest") != dataset_digest:
+        return ChampionCheck(False, f"dataset changed since champion v{version.version}", **who)
+    if changed:
+        shown = ", ".join(f"{key} {logged.get(key)} → {wanted[key]}" for key in changed[:5])
+        return ChampionCheck(False, f"config changed since champion v{version.version}: {shown}", **who)
+    reason = f"dataset and config unchanged since champion v{version.version} (run {run_id})"
+    return ChampionCheck(True, reason, **who)

@@ -1,7 +1,7 @@
 """Optuna search: suggest_hparams(trial) → HParams; the objective; run_search (storage, pruner, resume).
 
-The study is stored (SQLite beside the MLflow store unless told otherwise) under its name, so a
-second run with the same name resumes it. Each trial reports the monitored validation metric per
+The study is stored (in the storage ``stores.resolve`` gives) under its name, so a second run
+with the same name resumes it. Each trial reports the monitored validation metric per
 epoch to the pruner. A trial that raises (NaN loss included) ends as failed and the study goes
 on; tracking of trials is injected as ``trial_tracker`` so this module never imports MLflow.
 """
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import keras
@@ -26,7 +26,8 @@ from optuna_integration import KerasPruningCallback
 
 from pipeline.config import HParams, PipelineConfig, SearchConfig, run_params
 from pipeline.data import PreparedData, Split, prepare
-from pipeline.train import train_model
+from pipeline.progress import Progress
+from pipeline.train import EpochMetrics, train_model
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +64,9 @@ def suggest_hparams(trial: optuna.Trial, cfg: SearchConfig) -> HParams:
     )
 
 
-def create_study(cfg: PipelineConfig, seed: int | None = None) -> optuna.Study:
-    """Create the named study, or load it to resume (sampler seeded by ``seed``, else the config)."""
-    storage = cfg.study_storage()
-    if storage.startswith("sqlite:///"):
-        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+def create_study(cfg: PipelineConfig, storage: str, seed: int | None = None) -> optuna.Study:
+    """Create the named study in ``storage``, or load it to resume (sampler seeded by ``seed``,
+    else the config)."""
     direction = "maximize" if cfg.train.monitor == "val_accuracy" else "minimize"
     study = optuna.create_study(
         study_name=cfg.search.study_name,
@@ -114,21 +113,55 @@ def _pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
 
 
 def run_search(
-    data: PreparedData, cfg: PipelineConfig, trial_tracker: TrialTracker | None = None
+    data: PreparedData, cfg: PipelineConfig, storage: str, trial_tracker: TrialTracker | None = None
 ) -> SearchResult:
-    """Run ``cfg.search.trials`` more trials (or until ``cfg.search.timeout``); the study's best.
+    """Run ``cfg.search.trials`` more trials (or until ``cfg.search.timeout``) of the study in
+    ``storage``; the study's best.
 
     With ``cfg.search.workers > 1`` trials run in that many processes, one TensorFlow thread
     each: an RNN step keeps about one core busy, so side-by-side trials nearly double throughput.
     Raises SearchError when no trial of the study has completed.
     """
     started = time.perf_counter()
-    study = create_study(cfg)
-    if cfg.search.workers == 1:
-        _optimize(study, trial_data(data, cfg.search), cfg, trial_tracker, cfg.search.trials)
-    else:
-        _optimize_in_workers(cfg, trial_tracker)
-    return _result(create_study(cfg), time.perf_counter() - started)
+    study = create_study(cfg, storage)
+    with _watch(study, cfg.search.trials):
+        if cfg.search.workers == 1:
+            _optimize(study, trial_data(data, cfg.search), cfg, trial_tracker, cfg.search.trials)
+        else:
+            _optimize_in_workers(cfg, storage, trial_tracker)
+    return _result(create_study(cfg, storage), time.perf_counter() - started)
+
+
+@contextmanager
+def _watch(study: optuna.Study, target: int, every: float = 1.0) -> Iterator[None]:
+    """Show trials done / target and the best value so far while the search runs, read from the
+    study itself, so trials in worker processes count too."""
+    first = len(study.get_trials(deepcopy=False))
+    stop = threading.Event()
+    progress = Progress("search", target, "trial")
+
+    def show() -> None:
+        finished = [t for t in study.get_trials(deepcopy=False)[first:] if t.state.is_finished()]
+        done = [t.value for t in finished if t.state == TrialState.COMPLETE]
+        best = max if study.direction.name == "MAXIMIZE" else min
+        numbers = {"best": best(done)} if done else {}
+        progress.update(
+            len(finished), numbers | {"pruned": sum(t.state == TrialState.PRUNED for t in finished)}
+        )
+
+    def poll() -> None:
+        while not stop.wait(every):
+            show()
+
+    watcher = threading.Thread(target=poll, name="search-progress", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+        show()
+        progress.close()
 
 
 def _optimize(
@@ -141,14 +174,22 @@ def _optimize(
     def objective(trial: optuna.Trial) -> float:
         hparams = suggest_hparams(trial, cfg.search)
         # Trials may see shorter reviews than the final model: log what they trained on.
-        params = run_params(hparams, cfg) | {"max_len": data.max_len, "train_reviews": len(data.train)}
+        params = run_params(hparams, cfg, data.vocab_size_effective)
+        params |= {"max_len": data.max_len, "train_reviews": len(data.train)}
         track = trial_tracker(trial.number, params) if trial_tracker else nullcontext()
         with track as run:
-            bookkeeping = [KerasPruningCallback(trial, cfg.train.monitor)]
-            if run is not None:
-                bookkeeping.append(run.epoch_callback())
+            # The epoch's metrics are logged before the pruner may stop the trial on them.
+            bookkeeping = [EpochMetrics(run.log_metrics)] if run is not None else []
+            bookkeeping.append(KerasPruningCallback(trial, cfg.train.monitor))
             timed = _TimedEpochEnd(bookkeeping)
-            _, result = train_model(hparams, data, cfg.train, epochs=cfg.search.epochs, callbacks=[timed])
+            try:
+                _, result = train_model(hparams, data, cfg.train, epochs=cfg.search.epochs, callbacks=[timed])
+            except optuna.TrialPruned as pruned:
+                if run is not None:
+                    run.kill(
+                        {"outcome": "pruned", "pruned_reason": str(pruned) or "pruned by the study's pruner"}
+                    )
+                raise
             trial.set_user_attr("epochs", result.epochs)
             trial.set_user_attr("seconds", result.seconds)  # the whole fit, bookkeeping included
             trial.set_user_attr("bookkeeping_seconds", timed.seconds)
@@ -167,13 +208,13 @@ def _optimize(
     )
 
 
-def _optimize_in_workers(cfg: PipelineConfig, trial_tracker: TrialTracker | None) -> None:
+def _optimize_in_workers(cfg: PipelineConfig, storage: str, trial_tracker: TrialTracker | None) -> None:
     workers = cfg.search.workers
     shares = [cfg.search.trials // workers + (i < cfg.search.trials % workers) for i in range(workers)]
     context = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = [
-            pool.submit(_worker, cfg, index, share, trial_tracker)
+            pool.submit(_worker, cfg, storage, index, share, trial_tracker)
             for index, share in enumerate(shares)
             if share
         ]
@@ -184,26 +225,28 @@ def _optimize_in_workers(cfg: PipelineConfig, trial_tracker: TrialTracker | None
                 raise SearchError(f"a search worker stopped: {type(error).__name__}: {error}") from error
 
 
-def _worker(cfg: PipelineConfig, index: int, trials: int, trial_tracker: TrialTracker | None) -> None:
+def _worker(
+    cfg: PipelineConfig, storage: str, index: int, trials: int, trial_tracker: TrialTracker | None
+) -> None:
     """One search process: one thread for TensorFlow, prepared data from the cache."""
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     seed = None if cfg.search.seed is None else cfg.search.seed + index  # workers must not repeat trials
-    study = create_study(cfg, seed=seed)
+    study = create_study(cfg, storage, seed=seed)
     _optimize(study, trial_data(prepare(cfg.data), cfg.search), cfg, trial_tracker, trials)
 
 
-def best_hparams(cfg: PipelineConfig) -> HParams:
-    """The best configuration stored in the study ``cfg.search.study_name``.
+def best_hparams(study_name: str, storage: str) -> HParams:
+    """The best configuration stored in the study ``study_name``.
 
     Raises SearchError when the study is missing or has no completed trial.
     """
     try:
-        study = optuna.load_study(study_name=cfg.search.study_name, storage=cfg.study_storage())
+        study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
-        raise SearchError(f"no study '{cfg.search.study_name}' in {cfg.study_storage()}") from None
+        raise SearchError(f"no study '{study_name}' in {storage}") from None
     return _result(study, 0.0).best_hparams
 
 

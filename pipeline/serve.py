@@ -13,9 +13,11 @@ review of any length keeps its last ``max_len`` tokens.
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -25,8 +27,11 @@ import pandas as pd
 TEXT_COLUMN = "text"
 KERAS_FILE = "model.keras"
 PREPROCESSING_FILE = "preprocessing.json"
-# The library modules the pyfunc imports when a consumer loads it.
-_SERVING_MODULES = ("__init__.py", "serve.py", "data.py", "batching.py", "config.py", "layers.py")
+_PACKAGE = Path(__file__).parent
+_INPUT_EXAMPLE = [
+    "A moving, beautifully acted film; I was hooked from the first scene.",
+    "Dull, predictable and far too long. I want my two hours back.",
+]
 
 
 class SentimentModel(mlflow.pyfunc.PythonModel):
@@ -95,18 +100,13 @@ def is_missing(value) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value))
 
 
-def load_scorer(model_uri: str, tracking_uri: str | None = None) -> Callable[[Sequence[str]], pd.DataFrame]:
-    """Load a registered (or any) pyfunc and return ``score(texts) → DataFrame(probability, label)``.
+def load_scorer(model_path: str | Path) -> Callable[[Sequence[str]], pd.DataFrame]:
+    """Load the pyfunc in a local folder and return ``score(texts) → DataFrame(probability, label)``.
 
-    ``model_uri`` is any MLflow model URI (``models:/NAME@champion``, ``runs:/…``, a folder).
-    Raises MlflowException when the model cannot be found or loaded.
+    ``Stores.download_model`` turns a ``models:/`` or ``runs:/`` URI into such a folder.
+    Raises MlflowException when the folder holds no loadable model.
     """
-    import mlflow
-
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
-    model = mlflow.pyfunc.load_model(model_uri)
+    model = mlflow.pyfunc.load_model(str(model_path))
 
     def score(texts: Sequence[str]) -> pd.DataFrame:
         return model.predict(pd.DataFrame({TEXT_COLUMN: list(texts)}))
@@ -114,26 +114,80 @@ def load_scorer(model_uri: str, tracking_uri: str | None = None) -> Callable[[Se
     return score
 
 
-def stage_model(
-    keras_model, vocabulary: Sequence[str], max_len: int, widths: Sequence[int], folder: Path
-) -> tuple[dict[str, str], list[str]]:
-    """Write what the pyfunc needs under ``folder``: (artifacts, code_paths) for ``log_model``."""
-    from pipeline.evaluate import THRESHOLD  # training side only: not among _SERVING_MODULES
-
-    folder.mkdir(parents=True, exist_ok=True)
-    keras_path = folder / KERAS_FILE
+def save_model(
+    keras_model,
+    vocabulary: Sequence[str],
+    max_len: int,
+    widths: Sequence[int],
+    threshold: float,
+    folder: Path,
+) -> Path:
+    """Write the raw-text pyfunc (Keras file, preprocessing rules, the library modules it imports,
+    signature, input example, pinned requirements) as an MLflow model folder ``folder``."""
+    staging = folder.with_name(folder.name + "-staging")
+    keras_path = staging / KERAS_FILE
+    staging.mkdir(parents=True, exist_ok=True)
     keras_model.save(keras_path)
     rules = {
         "vocabulary": list(vocabulary),
         "max_len": max_len,
         "widths": list(widths),
-        "threshold": THRESHOLD,
+        "threshold": threshold,
     }
-    rules_path = folder / PREPROCESSING_FILE
+    rules_path = staging / PREPROCESSING_FILE
     rules_path.write_text(json.dumps(rules))
-    code = folder / "code" / "pipeline"
+    code = staging / "code" / "pipeline"
     code.mkdir(parents=True, exist_ok=True)
-    for module in _SERVING_MODULES:
-        shutil.copy(Path(__file__).parent / module, code / module)
-    artifacts = {"keras_model": str(keras_path), "preprocessing": str(rules_path)}
-    return artifacts, [str(code)]
+    for module in serving_modules():
+        shutil.copy(_PACKAGE / module, code / module)
+    mlflow.pyfunc.save_model(
+        folder,
+        python_model=SentimentModel(),
+        artifacts={"keras_model": str(keras_path), "preprocessing": str(rules_path)},
+        code_paths=[str(code)],
+        signature=_signature(),
+        input_example=pd.DataFrame({TEXT_COLUMN: _INPUT_EXAMPLE}),
+        pip_requirements=_requirements(),
+    )
+    shutil.rmtree(staging)
+    return folder
+
+
+def serving_modules() -> list[str]:
+    """The library files a consumer's interpreter imports to load the pyfunc: this module and,
+    transitively, every ``pipeline`` module it imports, read from the source (never a hand list)."""
+    found, pending = {"__init__.py"}, ["serve.py"]
+    while pending:
+        module = pending.pop()
+        found.add(module)
+        tree = ast.parse((_PACKAGE / module).read_text())
+        for node in ast.walk(tree):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            for name in names:
+                if name.startswith("pipeline."):
+                    file = name.split(".")[1] + ".py"
+                    if file not in found and (_PACKAGE / file).exists():
+                        pending.append(file)
+    return sorted(found)
+
+
+def _signature():
+    """``text`` in, (probability, label) out. The input column is typed Any so that MLflow hands a
+    None or a number to the model, which names the row, instead of casting it to "None" or "1"."""
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types.schema import AnyType, ColSpec, Schema
+
+    sample_output = pd.DataFrame({"probability": [0.9, 0.1], "label": ["positive", "negative"]})
+    inputs = Schema([ColSpec(AnyType(), TEXT_COLUMN)])
+    return ModelSignature(inputs=inputs, outputs=infer_signature(None, sample_output).outputs)
+
+
+def _requirements() -> list[str]:
+    pinned = []
+    for name in ("mlflow", "keras", "tensorflow-cpu", "tensorflow", "numpy", "pandas"):
+        try:
+            pinned.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return pinned

@@ -1,14 +1,15 @@
 """fit(model, data, cfg, callbacks) → TrainResult: Keras training with early stopping.
 
 Callbacks for tracking and pruning are injected by the caller; this module knows neither MLflow
-nor Optuna. A loss that turns NaN stops training and raises TrainingDiverged.
+nor Optuna (``EpochMetrics`` hands each epoch's numbers to whatever logging function it is
+given). A loss that turns NaN stops training and raises TrainingDiverged.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import keras
@@ -18,6 +19,7 @@ from pipeline.batching import bucket_widths, evaluation_dataset, training_datase
 from pipeline.config import JIT_MIN_REVIEW_EPOCHS, HParams, TrainConfig
 from pipeline.data import PreparedData, Split
 from pipeline.model import build_bigram_model, build_model
+from pipeline.progress import Progress
 
 
 class TrainingDiverged(RuntimeError):
@@ -38,6 +40,37 @@ class TrainResult:
         return self.seconds / max(self.epochs, 1)
 
 
+class EpochMetrics(keras.callbacks.Callback):
+    """Each epoch's loss, accuracy, val_loss, val_accuracy to ``log(metrics, step)`` (step = epoch,
+    1-based), names prefixed (``bigrams_val_accuracy``) when two models train under one run."""
+
+    def __init__(self, log: Callable[[Mapping[str, float], int], None], prefix: str = "") -> None:
+        super().__init__()
+        self._log = log
+        self._prefix = prefix
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        metrics = {self._prefix + k: v for k, v in (logs or {}).items() if k != "learning_rate"}
+        self._log(metrics, epoch + 1)
+
+
+class _EpochProgress(keras.callbacks.Callback):
+    """Epoch i/n with loss, val_accuracy and seconds, as ``progress.Progress`` shows it."""
+
+    def __init__(self, label: str, epochs: int) -> None:
+        super().__init__()
+        self._progress = Progress(label, epochs, "epoch")
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        logs = logs or {}
+        numbers = {k: logs[k] for k in ("loss", "val_accuracy") if k in logs}
+        self._progress.update(epoch + 1, numbers | {"s": round(time.perf_counter() - self._started, 1)})
+
+    def on_train_end(self, logs=None) -> None:
+        self._progress.close()
+
+
 def widths_for(train: Split, cfg: TrainConfig, max_len: int) -> tuple[int, ...]:
     """The bucket widths for this training split (one width, max_len, without bucketing)."""
     return bucket_widths(train.lengths, cfg.buckets, max_len)
@@ -52,10 +85,12 @@ def fit(
     widths: tuple[int, ...],
     epochs: int | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    progress: str | None = None,
 ) -> TrainResult:
     """Train until ``epochs`` (default ``cfg.epochs``) or early stopping on ``cfg.monitor``.
 
-    The model ends with the weights of its best epoch. Raises TrainingDiverged on NaN loss.
+    The model ends with the weights of its best epoch. ``progress`` names the model in a
+    per-epoch progress line. Raises TrainingDiverged on NaN loss.
     """
     keras.utils.set_random_seed(cfg.seed)
     train_batches = training_dataset(train.x, train.y, train.lengths, widths, cfg.batch_size, seed=cfg.seed)
@@ -63,12 +98,14 @@ def fit(
     stopper = keras.callbacks.EarlyStopping(
         monitor=cfg.monitor, patience=cfg.patience, restore_best_weights=True
     )
+    epochs = epochs or cfg.epochs
+    shown = [_EpochProgress(progress, epochs)] if progress else []
     started = time.perf_counter()
     history = model.fit(
         train_batches,
         validation_data=val_batches,
-        epochs=epochs or cfg.epochs,
-        callbacks=[keras.callbacks.TerminateOnNaN(), stopper, *callbacks],
+        epochs=epochs,
+        callbacks=[keras.callbacks.TerminateOnNaN(), stopper, *callbacks, *shown],
         shuffle=False,  # the batches are shuffled already, within and across length buckets
         verbose=0,
     ).history
@@ -101,13 +138,16 @@ def train_model(
     *,
     epochs: int | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    progress: str | None = None,
 ) -> tuple[keras.Model, TrainResult]:
     """Build a fresh model for ``hparams`` and fit it on ``data.train``, validating on ``data.val``."""
     keras.backend.clear_session()  # trials must not pile up graphs and layer names
     epochs = epochs or cfg.epochs
-    model = build_model(hparams, len(data.vocabulary) + 2, jit_compile=_use_jit(cfg, data, epochs))
+    model = build_model(hparams, data.vocab_size_effective, jit_compile=_use_jit(cfg, data, epochs))
     widths = widths_for(data.train, cfg, data.max_len)
-    result = fit(model, data.train, data.val, cfg, widths=widths, epochs=epochs, callbacks=callbacks)
+    result = fit(
+        model, data.train, data.val, cfg, widths=widths, epochs=epochs, callbacks=callbacks, progress=progress
+    )
     return model, result
 
 
@@ -125,12 +165,12 @@ def train_bigram_model(
     *,
     widths: tuple[int, ...],
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    progress: str | None = None,
 ) -> tuple[keras.Model, TrainResult]:
     """The bag-of-bigrams companion (``build_bigram_model``), fitted like the RNN: same splits,
     batches, early stopping and epoch cap. Requires ``cfg.bigram_buckets > 0``."""
-    vocab_size = len(data.vocabulary) + 2
-    buckets = bigram_bucket_count(data.train, vocab_size, cfg.bigram_buckets)
+    buckets = bigram_bucket_count(data.train, data.vocab_size_effective, cfg.bigram_buckets)
     model = build_bigram_model(
-        vocab_size, buckets, cfg.bigram_dim, jit_compile=_use_jit(cfg, data, cfg.epochs)
+        data.vocab_size_effective, buckets, cfg.bigram_dim, jit_compile=_use_jit(cfg, data, cfg.epochs)
     )
-    return model, fit(model, data.train, data.val, cfg, widths=widths, callbacks=callbacks)
+    return model, fit(model, data.train, data.val, cfg, widths=widths, callbacks=callbacks, progress=progress)

@@ -13,6 +13,7 @@ import pandas as pd
 
 from pipeline.config import HParams, PipelineConfig, TrainConfig, build_config
 from pipeline.data import PreparedData
+from pipeline.stores import Stores, resolve
 
 
 @dataclass(frozen=True)
@@ -25,14 +26,18 @@ class Registered:
     version: str
 
     @property
+    def stores(self) -> Stores:
+        return resolve(self.cfg)
+
+    @property
     def champion_uri(self) -> str:
         return f"models:/{self.cfg.tracking.model_name}@champion"
 
     def score_in_process(self, texts: list[str]) -> pd.DataFrame:
         """The champion's answers through the in-process pyfunc: what CLI and HTTP must match."""
-        from pipeline.serve import load_scorer
+        from pipeline.predict import scorer_for
 
-        return load_scorer(self.champion_uri, self.cfg.tracking.tracking_uri)(texts)
+        return scorer_for(self.stores, self.champion_uri)(texts)
 
 
 def store_config(root: Path, name: str = "test-model") -> PipelineConfig:
@@ -48,7 +53,7 @@ def store_config(root: Path, name: str = "test-model") -> PipelineConfig:
 def register_tiny_model(root: Path, data: PreparedData, name: str = "test-model") -> Registered:
     """Train one epoch of a small GRU and of its bag-of-bigrams companion, log their average as the
     pyfunc (the blend the pipeline serves on the full dataset), register it (it becomes champion)."""
-    from pipeline import registry, tracking
+    from pipeline import registry, stages
     from pipeline.batching import predict_proba
     from pipeline.evaluate import evaluate
     from pipeline.model import average_models
@@ -61,8 +66,9 @@ def register_tiny_model(root: Path, data: PreparedData, name: str = "test-model"
     companion, _ = train_bigram_model(data, train_cfg, widths=result.widths)
     model = average_models([rnn, companion])
     evaluation = evaluate(data.test.y, predict_proba(model, data.test.x, data.test.lengths, result.widths))
-    with tracking.pipeline_run(cfg, data, run_name="tiny") as run:
-        model_uri = tracking.log_model(run, model, data, result.widths)
+    final = stages.FinalModel(model, hparams, result, "rnn+bigrams", data.vocab_size_effective, 4096, 8)
+    with stages.pipeline_run(resolve(cfg), cfg, data, run_name="tiny") as run:
+        model_uri = stages.log_model(final, data, run)
     evidence = {
         **evaluation.metrics,
         **hparams.model_dump(),
@@ -73,6 +79,6 @@ def register_tiny_model(root: Path, data: PreparedData, name: str = "test-model"
     }
     test = registry.TestSplit(data.test_texts, data.test.y)
     decision = registry.register_and_promote(
-        cfg.tracking, model_uri, run.run_id, evidence, test=test, correct=evaluation.correct
+        resolve(cfg), cfg.tracking, model_uri, run.run_id, evidence, test=test, correct=evaluation.correct
     )
     return Registered(cfg, data, model_uri, run.run_id, evaluation.correct, decision.version)

@@ -113,3 +113,58 @@ def test_the_flow_stops_on_a_folder_without_pos_neg_naming_it(tmp_path):
     assert result.exit_code == 1
     assert f"{folder}: expected train/pos" in result.output
     assert not (tmp_path / "mlruns" / "artifacts").exists()  # no run was started
+
+
+def test_a_tracking_server_without_a_study_storage_is_refused_before_any_work(tmp_path):
+    result = runner.invoke(app, ["run", "--tracking-uri", "http://127.0.0.1:9", "--cache-dir", str(tmp_path)])
+
+    assert result.exit_code == 1
+    assert "no Optuna storage for the tracking store http://127.0.0.1:9" in result.output
+    assert "--storage" in result.output
+    assert not list(tmp_path.iterdir())  # nothing prepared, nothing written
+
+
+def test_a_bad_model_option_of_train_is_named(tmp_path):
+    result = runner.invoke(
+        app, ["train", "--preset", "notebook-lstm", "--learning-rate", "0", *_store_options(tmp_path)]
+    )
+    assert result.exit_code == 2
+    assert "--learning-rate" in result.output and "greater than 0" in result.output
+
+
+def test_train_needs_exactly_one_of_preset_and_best_of(tmp_path):
+    result = runner.invoke(app, ["train", *_store_options(tmp_path)])
+    assert result.exit_code == 2 and "exactly one of --preset or --best-of" in result.output
+
+
+def test_the_cli_is_thin_every_command_a_few_lines():
+    import ast
+    from pathlib import Path
+
+    import flows.cli
+
+    source = Path(flows.cli.__file__).read_text()
+    assert len(source.splitlines()) < 250
+    commands = [
+        node
+        for node in ast.parse(source).body
+        if isinstance(node, ast.FunctionDef) and any("command" in ast.unparse(d) for d in node.decorator_list)
+    ]
+    assert len(commands) >= 10
+    for command in commands:
+        length = command.end_lineno - command.lineno + 1
+        assert length <= 20, f"{command.name} is {length} lines"
+
+
+def test_config_show_prints_a_config_file_that_loads_back_the_same(tmp_path, monkeypatch):
+    monkeypatch.setenv("SENTIMENT_SEARCH_TRIALS", "9")
+    result = runner.invoke(app, ["config", "show", "--max-len", "123"])
+    assert result.exit_code == 0, result.output
+    saved = tmp_path / "resolved.yaml"
+    saved.write_text(result.output)
+    monkeypatch.delenv("SENTIMENT_SEARCH_TRIALS")
+
+    from pipeline.config import load_config
+
+    cfg = load_config(config_file=saved)
+    assert cfg.data.max_len == 123 and cfg.search.trials == 9

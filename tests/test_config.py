@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import typing
 from pathlib import Path
 
 import pydantic
 import pytest
+import yaml
+from typer.testing import CliRunner
 
-from pipeline.config import ConfigError, HParams, PipelineConfig, build_config
+from flows.cli import app
+from pipeline.config import (
+    PROJECT_ROOT,
+    ConfigError,
+    HParams,
+    PipelineConfig,
+    build_config,
+    env_var,
+    fields,
+    flag,
+    load_config,
+)
 
 
 def test_dotted_overrides_reach_their_section_and_none_keeps_the_default():
@@ -103,32 +118,139 @@ def test_flat_params_have_dotted_keys_with_the_configured_values():
     assert not any(isinstance(value, dict) for value in params.values())
 
 
-def test_study_storage_sits_beside_a_sqlite_tracking_store(tmp_path):
-    cfg = build_config({"tracking.tracking_uri": f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"})
-
-    assert cfg.study_storage() == f"sqlite:///{tmp_path / 'store' / 'optuna.db'}"
-
-
-def test_configured_study_storage_wins():
-    cfg = build_config({"search.storage": "sqlite:///elsewhere.db"})
-
-    assert cfg.study_storage() == "sqlite:///elsewhere.db"
-
-
-def test_artifact_location_sits_beside_a_sqlite_store(tmp_path):
-    cfg = build_config({"tracking.tracking_uri": f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"})
-
-    assert cfg.tracking.artifact_location() == (tmp_path / "store" / "artifacts").as_uri()
-    assert Path(cfg.tracking.artifact_location().removeprefix("file://")).is_absolute()
-
-
-def test_configured_artifact_root_wins():
-    cfg = build_config({"tracking.artifact_root": "s3://bucket/artifacts"})
-
-    assert cfg.tracking.artifact_location() == "s3://bucket/artifacts"
-
-
 @pytest.mark.parametrize("buckets", [1, -1, 2**24 + 1])
 def test_bigram_buckets_are_zero_or_a_usable_count(buckets):
     with pytest.raises(ConfigError, match=r"train\.bigram_buckets \(--bigram-buckets\)"):
         build_config({"train.bigram_buckets": buckets})
+
+
+# --- where values come from: options, environment, config files -----------------------------
+
+
+def _other_value(dotted: str, field, tmp_path):
+    """A valid value for the field that differs from its default."""
+    default, annotation = field.default, field.annotation
+    if dotted == "search.cells":
+        return ("lstm",)
+    if typing.get_origin(annotation) is typing.Literal:
+        return next(choice for choice in typing.get_args(annotation) if choice != default)
+    kind = next(a for a in (typing.get_args(annotation) or (annotation,)) if a is not type(None))
+    if kind is bool:
+        return True
+    if kind is int:
+        lowest = next((m.ge for m in field.metadata if hasattr(m, "ge")), 0)
+        return (default if default is not None else lowest) + 1
+    if kind is float:
+        return default / 2 if default else 0.5
+    if kind is Path:
+        return tmp_path / dotted
+    return f"value-of-{dotted}"
+
+
+def _as_env(value) -> str:
+    if isinstance(value, tuple):
+        return json.dumps(list(value))
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _as_options(dotted: str, value) -> list[str]:
+    if isinstance(value, bool):
+        return [flag(dotted)]
+    if isinstance(value, tuple):
+        return [part for item in value for part in (flag(dotted), item)]
+    return [flag(dotted), str(value)]
+
+
+def _read(cfg, dotted: str):
+    section, leaf = dotted.split(".")
+    return getattr(getattr(cfg, section), leaf)
+
+
+@pytest.mark.parametrize("dotted", [dotted for dotted, _ in fields()])
+def test_every_field_is_reachable_from_an_option_a_variable_and_a_file(dotted, tmp_path, monkeypatch):
+    field = dict(fields())[dotted]
+    value = _other_value(dotted, field, tmp_path)
+    assert _read(load_config(), dotted) != value
+
+    result = CliRunner().invoke(app, ["config", "show", "--json", *_as_options(dotted, value)])
+    assert result.exit_code == 0, result.output
+    section, leaf = dotted.split(".")
+    shown = json.loads(result.output)[section][leaf]
+    assert shown == (
+        str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+    )
+
+    monkeypatch.setenv(env_var(dotted), _as_env(value))
+    assert _read(load_config(), dotted) == value
+    monkeypatch.delenv(env_var(dotted))
+
+    file = tmp_path / "config.yaml"
+    file.write_text(
+        yaml.safe_dump({section: {leaf: _as_env(value) if not isinstance(value, tuple) else list(value)}})
+    )
+    assert _read(load_config(config_file=file), dotted) == value
+
+
+def test_an_option_beats_a_variable_which_beats_a_file_which_beats_the_default(tmp_path, monkeypatch):
+    file = tmp_path / "run.toml"
+    file.write_text("[search]\ntrials = 3\nepochs = 4\nsubset = 0.5\n")
+    monkeypatch.setenv("SENTIMENT_SEARCH_TRIALS", "5")
+    monkeypatch.setenv("SENTIMENT_SEARCH_EPOCHS", "6")
+
+    cfg = load_config({"search.trials": 7}, config_file=file)
+
+    assert cfg.search.trials == 7  # option
+    assert cfg.search.epochs == 6  # variable over file
+    assert cfg.search.subset == 0.5  # file over default
+    assert cfg.search.workers == 1  # default
+
+
+def test_mlflow_tracking_uri_is_read_below_the_projects_own_variable(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert load_config().tracking.tracking_uri == "http://mlflow:5000"
+    monkeypatch.setenv("SENTIMENT_TRACKING_TRACKING_URI", "http://other:5000")
+    assert load_config().tracking.tracking_uri == "http://other:5000"
+    assert (
+        load_config({"tracking.tracking_uri": "http://cli:5000"}).tracking.tracking_uri == "http://cli:5000"
+    )
+
+
+def test_a_bad_value_names_its_field_and_where_it_came_from(tmp_path, monkeypatch):
+    monkeypatch.setenv("SENTIMENT_DATA_VOCAB_SIZE", "1")
+    with pytest.raises(
+        ConfigError, match=r"data\.vocab_size \(--vocab-size\).*from SENTIMENT_DATA_VOCAB_SIZE"
+    ):
+        load_config()
+    monkeypatch.delenv("SENTIMENT_DATA_VOCAB_SIZE")
+    file = tmp_path / "bad.yaml"
+    file.write_text("train:\n  epochs: 0\n")
+    with pytest.raises(ConfigError, match=rf"train\.epochs \(--epochs\).*from {file}"):
+        load_config(config_file=file)
+    file.write_text("data:\n  vocab: 10\n")
+    with pytest.raises(ConfigError, match=r"data\.vocab .*Extra inputs"):
+        load_config(config_file=file)
+
+
+def test_an_unreadable_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(config_file=tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data: [1,\n")
+    with pytest.raises(ConfigError, match=f"config file {broken}: not valid yaml"):
+        load_config(config_file=broken)
+    with pytest.raises(ConfigError, match="use a .yaml, .yml or .toml file"):
+        load_config(config_file=tmp_path / "run.ini")
+
+
+@pytest.mark.parametrize("profile", sorted((PROJECT_ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_each_shipped_profile_validates_and_changes_something(profile):
+    cfg = load_config(config_file=profile)
+    assert cfg.model_dump(exclude_unset=True)  # the file set fields
+    assert yaml.safe_load(profile.read_text()).keys() <= {"data", "train", "search", "tracking"}
+
+
+def test_flags_are_unique_and_env_vars_follow_the_dotted_names():
+    flags = [flag(dotted) for dotted, _ in fields()]
+    assert len(flags) == len(set(flags))
+    assert flag("data.max_len") == "--max-len" and flag("search.max_len") == "--search-max-len"
+    assert env_var("search.max_len") == "SENTIMENT_SEARCH_MAX_LEN"

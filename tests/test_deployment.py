@@ -20,7 +20,7 @@ import pytest
 
 from pipeline.config import SAMPLE_ARCHIVE
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 FLOW = "imdb-sentiment-training"
@@ -101,7 +101,7 @@ def prefect_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served(prefect_server, tmp_path_factory):
-    """``sentiment serve`` on the tiny sample; yields (api_url, tracking_uri) once registered."""
+    """``sentiment schedule`` on the tiny sample; yields (api_url, tracking_uri) once registered."""
     api_url, env = prefect_server
     store = tmp_path_factory.mktemp("store")
     tracking_uri = f"sqlite:///{store / 'mlruns' / 'mlflow.db'}"
@@ -126,7 +126,7 @@ def served(prefect_server, tmp_path_factory):
         sys.executable,
         "-m",
         "flows.cli",
-        "serve",
+        "schedule",
         *[part for item in options.items() for part in item],
     ]
     log = store / "serve.log"

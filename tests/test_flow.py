@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.config import SAMPLE_ARCHIVE, build_config
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 RUN_PARAMS = {
     "cell",
@@ -67,15 +67,15 @@ def first_run(prefect_api, store):
 
 
 def _client(cfg):
-    from mlflow.tracking import MlflowClient
+    from pipeline.stores import resolve
 
-    return MlflowClient(cfg.tracking.tracking_uri, registry_uri=cfg.tracking.tracking_uri)
+    return resolve(cfg).mlflow_client()
 
 
 def test_parent_run_has_nested_trial_runs_with_comparable_params_and_epoch_metrics(first_run):
     cfg, summary = first_run
     client = _client(cfg)
-    parent = client.get_run(summary["run_id"])
+    parent = client.get_run(summary.run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["data.max_len"] == "200"
     assert parent.data.params["dataset_digest"]
@@ -91,12 +91,15 @@ def test_parent_run_has_nested_trial_runs_with_comparable_params_and_epoch_metri
         assert [m.step for m in history] == list(range(1, len(history) + 1))
         assert EPOCH_METRICS <= set(child.data.metrics)
     assert RUN_PARAMS <= set(parent.data.params)  # the final model's params, same names
+    # The cap and what the embedding got: the words the 480 training reviews hold, plus 2 ids.
+    assert parent.data.params["vocab_size"] == "3000"
+    assert 2 < int(parent.data.params["vocab_size_effective"]) <= 3002
 
 
 def test_parent_run_holds_test_metrics_plots_and_the_model(first_run):
     cfg, summary = first_run
     client = _client(cfg)
-    run = client.get_run(summary["run_id"])
+    run = client.get_run(summary.run_id)
     for metric in ("test_accuracy", "test_precision", "test_recall", "test_f1", "test_roc_auc", "test_loss"):
         assert 0.0 <= run.data.metrics[metric] <= max(1.0, run.data.metrics["test_loss"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
@@ -111,9 +114,9 @@ def test_registry_consumer_scores_raw_text_with_public_api_only(first_run):
     cfg, summary = first_run
     client = _client(cfg)
     version = client.get_model_version_by_alias("flow-test-model", "champion")
-    assert str(version.version) == str(summary["registered_version"])
-    assert float(version.tags["test_accuracy"]) == pytest.approx(summary["test_metrics"]["test_accuracy"])
-    assert version.tags["run_id"] == summary["run_id"]
+    assert str(version.version) == str(summary.registered_version)
+    assert float(version.tags["test_accuracy"]) == pytest.approx(summary.test_metrics["test_accuracy"])
+    assert version.tags["run_id"] == summary.run_id
     assert version.tags["dataset_digest"] and version.tags["cell"] == "gru"
 
     mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
@@ -146,14 +149,14 @@ def test_a_worse_second_run_registers_a_challenger_and_keeps_the_champion(first_
         },
     )
     second = training_flow(config=worse_cfg)
-    assert second["test_metrics"]["test_accuracy"] < first["test_metrics"]["test_accuracy"]
+    assert second.test_metrics["test_accuracy"] < first.test_metrics["test_accuracy"]
     client = _client(cfg)
     assert str(client.get_model_version_by_alias("flow-test-model", "champion").version) == str(
-        first["registered_version"]
+        first.registered_version
     )
-    challenger = client.get_model_version("flow-test-model", str(second["registered_version"]))
+    challenger = client.get_model_version("flow-test-model", str(second.registered_version))
     assert challenger.tags["promotion"] == "challenger"
-    assert second["promoted"] is False
+    assert second.promoted is False
 
 
 def test_a_store_failure_at_registration_is_retried_with_backoff_and_the_run_completes(
@@ -179,8 +182,8 @@ def test_a_store_failure_at_registration_is_retried_with_backoff_and_the_run_com
 
     assert len(calls) == 2
     client = _client(cfg)
-    assert client.get_run(summary["run_id"]).info.status == "FINISHED"
-    assert client.get_model_version("flow-test-model", str(summary["registered_version"]))
+    assert client.get_run(summary.run_id).info.status == "FINISHED"
+    assert client.get_model_version("flow-test-model", str(summary.registered_version))
 
 
 def test_a_permanent_failure_fails_at_once_and_leaves_the_champion(first_run, store, monkeypatch):
@@ -212,14 +215,14 @@ def test_a_permanent_failure_fails_at_once_and_leaves_the_champion(first_run, st
 
 def test_final_run_records_the_companion_and_keeps_the_blend_only_when_it_wins_on_validation(first_run):
     cfg, summary = first_run
-    run = _client(cfg).get_run(summary["run_id"])
+    run = _client(cfg).get_run(summary.run_id)
     metrics = run.data.metrics
     assert {"bigrams_val_accuracy", "bigrams_best_epoch", "bigrams_epochs_run"} <= set(metrics)
     rnn, blend = metrics["val_accuracy_rnn"], metrics["val_accuracy_rnn_bigrams"]
     assert 0.0 <= metrics["val_accuracy_bigrams"] <= 1.0
     expected = "rnn+bigrams" if blend > rnn else "rnn"
-    assert run.data.tags["model_kind"] == summary["model_kind"] == expected
-    version = _client(cfg).get_model_version("flow-test-model", summary["registered_version"])
+    assert run.data.tags["model_kind"] == summary.model_kind == expected
+    version = _client(cfg).get_model_version("flow-test-model", summary.registered_version)
     assert version.tags["model_kind"] == expected
 
 
@@ -229,6 +232,6 @@ def test_without_a_companion_the_champion_is_the_rnn_alone(prefect_api, tmp_path
     cfg = _config(tmp_path, **{"train.bigram_buckets": 0, "search.trials": 1, "train.epochs": 1})
     summary = training_flow(config=cfg)
 
-    run = _client(cfg).get_run(summary["run_id"])
-    assert summary["model_kind"] == run.data.tags["model_kind"] == "rnn"
+    run = _client(cfg).get_run(summary.run_id)
+    assert summary.model_kind == run.data.tags["model_kind"] == "rnn"
     assert not any(name.startswith(("bigrams_", "val_accuracy_rnn")) for name in run.data.metrics)

@@ -80,27 +80,6 @@ def test_no_layer_uses_recurrent_dropout(preset):
     assert all(layer.cell.recurrent_dropout == 0 and layer.cell.dropout == 0 for layer in recurrent)
 
 
-def test_a_tiny_model_overfits_a_handful_of_reviews(sample_data):
-    from pipeline.config import TrainConfig
-    from pipeline.data import Split
-    from pipeline.train import fit
-
-    keep = np.concatenate([np.flatnonzero(sample_data.train.y == label)[:8] for label in (0, 1)])
-    few = sample_data.train.subset(keep)
-    few = Split(few.x[:, -24:], few.y, np.minimum(few.lengths, 24))  # the last 24 tokens of 16 reviews
-    model = build_model(
-        HParams(cell="gru", units=16, embedding_dim=16, learning_rate=0.02), len(sample_data.vocabulary) + 2
-    )
-    cfg = TrainConfig(batch_size=16, epochs=15, patience=15, monitor="val_loss", buckets=1)
-
-    result = fit(model, few, few, cfg, widths=(24,))
-
-    losses = result.history["loss"]
-    assert result.epochs == 15
-    assert losses[-1] < 0.2 * losses[0]
-    assert result.history["val_accuracy"][result.best_epoch - 1] == 1.0
-
-
 def test_the_bigram_model_scores_a_review_the_same_at_any_padded_width():
     model = build_bigram_model(vocab_size=50, buckets=64, dim=4)
     review = np.array([[7, 3, 9, 1, 4]], dtype="int32")

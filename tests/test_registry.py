@@ -63,10 +63,7 @@ def registered(tmp_path_factory, sample_data):
 
 
 def _client(reg):
-    from mlflow.tracking import MlflowClient
-
-    uri = reg.cfg.tracking.tracking_uri
-    return MlflowClient(uri, registry_uri=uri)
+    return reg.stores.mlflow_client()
 
 
 def _named(reg, name):
@@ -76,7 +73,9 @@ def _named(reg, name):
 def _register(reg, cfg, correct, test=None):
     test = test or TestSplit(reg.data.test_texts, reg.data.test.y)
     evidence = {"test_accuracy": float(np.mean(correct)), "run_id": reg.run_id, "dataset_digest": "d"}
-    return registry.register_and_promote(cfg, reg.model_uri, reg.run_id, evidence, test=test, correct=correct)
+    return registry.register_and_promote(
+        reg.stores, cfg, reg.model_uri, reg.run_id, evidence, test=test, correct=correct
+    )
 
 
 def _with_accuracy(n, right, seed=0):
@@ -179,7 +178,7 @@ def test_promote_and_rollback_by_hand_record_the_reason(registered):
     first = _register(registered, cfg, _with_accuracy(n, n))
     second = _register(registered, cfg, _with_accuracy(n, n // 2))
     assert not second.promoted
-    common = ["--tracking-uri", cfg.tracking_uri, "--model-name", "manual"]
+    common = ["--tracking-uri", registered.stores.tracking_uri, "--model-name", "manual"]
     runner = CliRunner()
     result = runner.invoke(app, ["promote", second.version, "--reason", "A/B test won", *common])
     assert result.exit_code == 0, result.output

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import optuna
 import pytest
@@ -11,7 +9,6 @@ import pytest
 from pipeline.config import SAMPLE_ARCHIVE, HParams, PipelineConfig, build_config, run_params
 from pipeline.data import prepare
 from pipeline.search import SearchError, best_hparams, create_study, run_search, suggest_hparams, trial_data
-from pipeline.train import TrainingDiverged, train_model
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +45,11 @@ def test_search_space_names_match_the_logged_params(tiny):
 def test_a_second_search_with_the_same_name_resumes_the_study(tiny):
     cfg, data = tiny
     cfg = with_search(cfg, study_name="resume-me")
-    first = run_search(data, cfg)
-    second = run_search(data, cfg)
+    first = run_search(data, cfg, cfg.search.storage)
+    second = run_search(data, cfg, cfg.search.storage)
     assert first.complete + first.pruned + first.failed == 1
     assert second.complete + second.pruned + second.failed == 2
-    assert best_hparams(cfg) == second.best_hparams
+    assert best_hparams(cfg.search.study_name, cfg.search.storage) == second.best_hparams
 
 
 def test_a_trial_below_the_median_after_its_first_epoch_stops_there(tiny):
@@ -60,7 +57,7 @@ def test_a_trial_below_the_median_after_its_first_epoch_stops_there(tiny):
     cfg = with_search(cfg, study_name="prune-early", epochs=3)
     space = optuna.create_study().ask()
     suggest_hparams(space, cfg.search)
-    study = create_study(cfg)
+    study = create_study(cfg, cfg.search.storage)
     for _ in range(2):  # the pruner's start-up trials, perfect after every epoch
         study.add_trial(
             optuna.trial.create_trial(
@@ -70,8 +67,8 @@ def test_a_trial_below_the_median_after_its_first_epoch_stops_there(tiny):
                 intermediate_values={0: 1.0, 1: 1.0, 2: 1.0},
             )
         )
-    run_search(data, cfg)
-    trial = create_study(cfg).trials[-1]
+    run_search(data, cfg, cfg.search.storage)
+    trial = create_study(cfg, cfg.search.storage).trials[-1]
     assert trial.state == optuna.trial.TrialState.PRUNED
     assert list(trial.intermediate_values) == [0]  # one epoch trained, not three
 
@@ -79,26 +76,25 @@ def test_a_trial_below_the_median_after_its_first_epoch_stops_there(tiny):
 def test_a_trial_records_its_bookkeeping_inside_training(tiny):
     cfg, data = tiny
     cfg = with_search(cfg, study_name="timed")
-    run_search(data, cfg)
-    attrs = create_study(cfg).trials[-1].user_attrs
+    run_search(data, cfg, cfg.search.storage)
+    attrs = create_study(cfg, cfg.search.storage).trials[-1].user_attrs
     assert 0 < attrs["bookkeeping_seconds"] < attrs["seconds"]
 
 
 def test_a_study_cannot_silently_switch_direction(tiny):
     cfg, _ = tiny
-    create_study(with_search(cfg, study_name="dir"))
+    create_study(with_search(cfg, study_name="dir"), cfg.search.storage)
     flipped = build_config(
         {"search.study_name": "dir", "search.storage": cfg.search.storage, "train.monitor": "val_loss"}
     )
     with pytest.raises(SearchError, match="monitor=val_loss"):
-        create_study(flipped)
+        create_study(flipped, flipped.search.storage)
 
 
 def test_missing_study_is_named(tiny):
     cfg, _ = tiny
-    missing = with_search(cfg, study_name="never-ran")
     with pytest.raises(SearchError, match="never-ran"):
-        best_hparams(missing)
+        best_hparams("never-ran", cfg.search.storage)
 
 
 def test_trials_train_on_a_subset_of_shorter_reviews_and_keep_all_validation(tiny):
@@ -109,22 +105,3 @@ def test_trials_train_on_a_subset_of_shorter_reviews_and_keep_all_validation(tin
     assert len(view.val) == len(data.val)
     assert view.train.x.shape[1] == view.val.x.shape[1] == view.max_len == 20
     assert np.array_equal(view.val.x, data.val.x[:, -20:])  # the end of each review is kept
-
-
-def test_nan_loss_raises_training_diverged(tiny):
-    cfg, data = tiny
-    poisoned = replace(data, train=replace(data.train, y=np.full(len(data.train), np.nan)))
-    with pytest.raises(TrainingDiverged):
-        train_model(HParams(cell="gru", units=4, embedding_dim=4), poisoned, cfg.train, epochs=2)
-
-
-def test_training_keeps_the_best_epoch_and_reports_it(tiny):
-    cfg, data = tiny
-    _, result = train_model(
-        HParams(cell="gru", units=8, embedding_dim=8, learning_rate=1e-2), data, cfg.train
-    )
-    values = result.history["val_accuracy"]
-    assert result.epochs == len(values) == 2
-    assert result.best_value == max(values)
-    assert values[result.best_epoch - 1] == result.best_value
-    assert set(result.history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}

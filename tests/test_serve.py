@@ -74,3 +74,65 @@ def test_bad_requests_get_a_4xx_with_a_message_and_the_server_keeps_answering(se
     assert message in answer.get("message", "")
     ok, _ = post_json(f"{server}/invocations", {"inputs": ["still there?"]})
     assert ok == 200
+
+
+# The project off the path: the consumer's interpreter has MLflow and TensorFlow, not this repo.
+_CLEAN_LOAD = """
+import importlib.util, json, sys
+sys.path = [p for p in sys.path if p not in ("", ".") and p != {root!r} and "__editable__" not in p]
+sys.meta_path = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+assert importlib.util.find_spec("pipeline") is None, "the project is still importable"
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model({path!r})
+print(json.dumps(model.predict(pd.DataFrame({{"text": {reviews!r}}}))["probability"].tolist()))
+"""
+
+
+@pytest.mark.integration
+def test_a_consumer_without_the_project_loads_the_model_and_gets_the_same_answers(registered, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    path = registered.stores.download_model(registered.champion_uri)
+    script = _CLEAN_LOAD.format(root=root, path=path, reviews=REVIEWS[:3])
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    answers = json.loads(done.stdout.strip().splitlines()[-1])
+    expected = registered.score_in_process(REVIEWS[:3])["probability"]
+    np.testing.assert_allclose(answers, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.integration
+def test_sentiment_serve_starts_the_scoring_server_for_the_champion(registered, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pipeline.http_server import free_port, wait_for_ping
+
+    port, log_file = free_port(), tmp_path / "serve.log"
+    command = [str(Path(sys.executable).parent / "sentiment"), "serve", "--port", str(port)]
+    command += [
+        "--tracking-uri",
+        registered.stores.tracking_uri,
+        "--model-name",
+        registered.cfg.tracking.model_name,
+    ]
+    with log_file.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_ping(url, process, log_file, 120)
+        status, body = post_json(f"{url}/invocations", {"inputs": REVIEWS[:2]})
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert status == 200, body
+    expected = registered.score_in_process(REVIEWS[:2])["probability"]
+    np.testing.assert_allclose(pd.DataFrame(body["predictions"])["probability"], expected, atol=1e-6, rtol=0)
+    assert f"serving {registered.champion_uri}" in log_file.read_text()

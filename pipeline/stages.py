@@ -1,0 +1,398 @@
+"""The pipeline's stages: typed values in, typed values out, each logging its part to MLflow.
+
+Every orchestrator runs these and nothing else: a Prefect task (``flows/tasks.py``) wraps one
+stage, the flows only put them in order, and the CLI runs the flows. The order itself is
+
+    prepare → check_champion → [pipeline_run: search_hparams → train_final → evaluate_model
+    → log_model → register_model] → RunSummary
+
+Keras, Optuna and MLflow meet here and nowhere above: ``train``/``search`` know no MLflow,
+``tracking``/``registry`` know no Keras.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import keras
+from pydantic import ValidationError
+
+from pipeline import registry, search, tracking
+from pipeline.batching import predict_proba
+from pipeline.blend import choose_blend
+from pipeline.config import ConfigError, HParams, PipelineConfig, run_params
+from pipeline.data import PreparedData
+from pipeline.evaluate import THRESHOLD, Evaluation, confusion_figure, evaluate, learning_curves
+from pipeline.model import PRESETS
+from pipeline.serve import save_model
+from pipeline.stores import Stores, resolve
+from pipeline.train import EpochMetrics, TrainResult, train_bigram_model, train_model
+
+MODEL_ARTIFACT = "model"
+
+
+@dataclass(frozen=True)
+class FinalModel:
+    """The model to ship: the RNN, or the RNN averaged with its bag-of-bigrams companion when that
+    won on validation (``kind``), with the RNN's training history and what the model is."""
+
+    model: keras.Model
+    hparams: HParams
+    result: TrainResult  # the RNN's training: history, best epoch, bucket widths
+    kind: Literal["rnn", "rnn+bigrams"]
+    vocab_size_effective: int
+    bigram_buckets: int | None = None  # the companion's, when it is part of the model
+    bigram_dim: int | None = None
+
+    def details(self) -> dict[str, Any]:
+        """What the model is, for its run and registry version: kind, companion size, vocabulary."""
+        details: dict[str, Any] = {"model_kind": self.kind, "vocab_size_effective": self.vocab_size_effective}
+        if self.kind != "rnn":
+            details |= {"bigram_buckets": self.bigram_buckets, "bigram_dim": self.bigram_dim}
+        return details
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What one pipeline run did, for people (``to_text``), machines (``to_dict``) and Prefect's UI
+    (``to_markdown``)."""
+
+    run_id: str
+    run_url: str
+    model_name: str
+    champion_check: str
+    skipped: bool = False
+    forced: bool = False
+    best_trial: int | None = None
+    best_value: float | None = None
+    best_hparams: dict[str, Any] | None = None
+    model_kind: str | None = None
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    model_uri: str | None = None
+    registered_version: str | None = None
+    promoted: bool | None = None
+    promotion_reason: str | None = None
+    promotion_p_value: float | None = None
+    champion_version: str | None = None
+    previous_champion_version: str | None = None
+    previous_champion_accuracy: float | None = None
+    ui_command: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(what, value) lines: outcome, best trial, test metrics, promotion, where to look."""
+        if self.skipped:
+            rows = [("Outcome", "skipped"), ("Reason", self.champion_check)]
+            rows += [("Champion", f"v{self.champion_version}")]
+        else:
+            rows = [("Outcome", "trained" + (" (forced)" if self.forced else ""))]
+            if self.best_trial is not None:
+                rows.append(
+                    (
+                        "Best trial",
+                        f"#{self.best_trial} ({self.best_value:.4f}): {_hparams(self.best_hparams)}",
+                    )
+                )
+            if self.model_kind is not None:
+                rows.append(("Model", self.model_kind))
+            if self.test_metrics:
+                rows.append(
+                    (
+                        "Test metrics",
+                        ", ".join(f"{k.removeprefix('test_')} {v:.4f}" for k, v in self.test_metrics.items()),
+                    )
+                )
+            if self.registered_version is not None:
+                promotion = "promoted to champion" if self.promoted else "kept as challenger"
+                rows.append(("Promotion", f"v{self.registered_version} {promotion}: {self.promotion_reason}"))
+                rows.append(("Model URI", f"models:/{self.model_name}/{self.registered_version}"))
+        rows.append(("MLflow run", self.run_url))
+        if self.ui_command:
+            rows.append(("MLflow UI", self.ui_command))
+        return rows
+
+    def to_text(self) -> str:
+        width = max(len(name) for name, _ in self.rows())
+        return "\n".join(f"{name:<{width}}  {value}" for name, value in self.rows())
+
+    def to_markdown(self) -> str:
+        cells = [f"| {name} | {str(value).replace('|', '/')} |" for name, value in self.rows()]
+        return "\n".join(["| | |", "|---|---|", *cells])
+
+
+def _hparams(hparams: Mapping[str, Any] | None) -> str:
+    return ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in (hparams or {}).items()
+    )
+
+
+# --- the stages, in pipeline order --------------------------------------------------------
+
+
+def chosen_hparams(
+    cfg: PipelineConfig, preset: str | None, best_of: str | None, overrides: Mapping[str, Any]
+) -> tuple[PipelineConfig, HParams]:
+    """What ``sentiment train`` trains: a notebook preset (its data options applied to ``cfg``) or
+    the best trial of the study ``best_of``, with ``overrides`` (``learning_rate``…) on top.
+
+    Raises ConfigError naming the option at fault; SearchError when the study has no best trial.
+    """
+    if (preset is None) == (best_of is None):
+        raise ConfigError("give exactly one of --preset or --best-of")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(
+                f"invalid option --preset: unknown preset '{preset}' (known: {', '.join(PRESETS)})"
+            )
+        cfg, base = PRESETS[preset].configure(cfg), PRESETS[preset].hparams
+    else:
+        cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"study_name": best_of})})
+        base = search.best_hparams(best_of, resolve(cfg).study_storage)
+    try:
+        return cfg, HParams.model_validate(base.model_dump() | dict(overrides))
+    except ValidationError as error:
+        problems = [
+            f"invalid option --{str(p['loc'][0]).replace('_', '-')}: {p['msg']} (got {p['input']!r})"
+            for p in error.errors()
+        ]
+        raise ConfigError("\n".join(problems)) from None
+
+
+def check_champion(stores: Stores, cfg: PipelineConfig, data: PreparedData) -> registry.ChampionCheck:
+    """Is the champion already trained on this dataset and config? (scheduled retraining skips)"""
+    return registry.check_champion(stores, cfg, data.digest)
+
+
+def dataset_record(data: PreparedData) -> tracking.DatasetRecord:
+    return tracking.DatasetRecord(data.digest, data.source, data.summary())
+
+
+@contextmanager
+def pipeline_run(
+    stores: Stores, cfg: PipelineConfig, data: PreparedData, run_name: str | None = None
+) -> Iterator[tracking.RunHandle]:
+    """The parent MLflow run every stage below logs to: the config (with the stores it resolved
+    to) as dotted params, the dataset as the run's input."""
+    params = cfg.flat_params() | {"tracking.tracking_uri": stores.tracking_uri}
+    with tracking.pipeline_run(
+        stores, cfg.tracking.experiment_name, params, dataset_record(data), run_name
+    ) as run:
+        yield run
+
+
+def record_skipped_run(
+    stores: Stores,
+    cfg: PipelineConfig,
+    data: PreparedData,
+    check: registry.ChampionCheck,
+    ui_url: str | None = None,
+) -> RunSummary:
+    """A FINISHED parent run tagged ``outcome=skipped`` with the reason; nothing is trained."""
+    with pipeline_run(stores, cfg, data, run_name=f"skipped-{time.strftime('%Y%m%d-%H%M%S')}") as run:
+        tags = {"outcome": "skipped", "skip_reason": check.reason}
+        run.set_tags(
+            tags | {"champion_version": check.champion_version, "champion_run_id": check.champion_run_id}
+        )
+    return RunSummary(
+        run_id=run.run_id,
+        run_url=run.link(ui_url),
+        model_name=cfg.tracking.model_name,
+        champion_check=check.reason,
+        skipped=True,
+        champion_version=check.champion_version,
+        ui_command=stores.ui_command(),
+    )
+
+
+def search_hparams(data: PreparedData, cfg: PipelineConfig, run: tracking.RunHandle) -> search.SearchResult:
+    """The Optuna search, a nested MLflow run per trial; the best trial's params on the parent."""
+    tracker = tracking.trial_tracker(run, cfg.tracking.experiment_name)
+    result = search.run_search(data, cfg, run.stores.study_storage, tracker)
+    run.log_params({f"best_trial.{k}": v for k, v in result.best_hparams.model_dump().items()})
+    run.log_metrics(
+        {
+            "best_trial_value": result.best_value,
+            "trials_complete": result.complete,
+            "trials_pruned": result.pruned,
+            "trials_failed": result.failed,
+            "search_seconds": result.seconds,
+        }
+    )
+    return result
+
+
+def train_final(
+    hparams: HParams, data: PreparedData, cfg: PipelineConfig, run: tracking.RunHandle
+) -> FinalModel:
+    """The RNN on all training reviews at full length, then (unless ``train.bigram_buckets`` is 0)
+    its bag-of-bigrams companion; the average of both when that wins on validation."""
+    run.log_params(run_params(hparams, cfg, data.vocab_size_effective))
+    rnn, result = train_model(
+        hparams, data, cfg.train, callbacks=[EpochMetrics(run.log_metrics)], progress=f"final {hparams.cell}"
+    )
+    _log_training(run, result)
+    final = FinalModel(rnn, hparams, result, "rnn", data.vocab_size_effective)
+    if cfg.train.bigram_buckets:
+        final = _blend_companion(final, data, cfg, run)
+    run.set_tags({"model_kind": final.kind})
+    return final
+
+
+def _blend_companion(
+    rnn: FinalModel, data: PreparedData, cfg: PipelineConfig, run: tracking.RunHandle
+) -> FinalModel:
+    companion, companion_result = train_bigram_model(
+        data,
+        cfg.train,
+        widths=rnn.result.widths,
+        callbacks=[EpochMetrics(run.log_metrics, prefix="bigrams_")],
+        progress="bigram companion",
+    )
+    _log_training(run, companion_result, prefix="bigrams_")
+    choice = choose_blend(rnn.model, companion, data.val, rnn.result.widths)
+    run.log_metrics(choice.metrics())
+    buckets = companion.get_layer("bigram_ids").buckets  # the cap, or fewer on small data
+    run.log_params({"bigram_buckets_used": buckets})
+    if choice.chosen == "rnn":
+        return rnn
+    return FinalModel(
+        choice.model,
+        rnn.hparams,
+        rnn.result,
+        choice.chosen,
+        rnn.vocab_size_effective,
+        buckets,
+        cfg.train.bigram_dim,
+    )
+
+
+def _log_training(run: tracking.RunHandle, result: TrainResult, prefix: str = "") -> None:
+    """Summary of a finished training: best epoch and value, epochs run and speed."""
+    run.log_metrics(
+        {
+            f"{prefix}best_epoch": result.best_epoch,
+            f"{prefix}best_value": result.best_value,
+            f"{prefix}epochs_run": result.epochs,
+            f"{prefix}seconds_per_epoch": result.seconds_per_epoch,
+            f"{prefix}train_seconds": result.seconds,
+        }
+    )
+
+
+def evaluate_model(final: FinalModel, data: PreparedData, run: tracking.RunHandle) -> Evaluation:
+    """Test metrics, the confusion matrix (PNG and JSON) and the learning curves (PNG) on the run."""
+    probability = predict_proba(final.model, data.test.x, data.test.lengths, final.result.widths)
+    evaluation = evaluate(data.test.y, probability)
+    run.log_metrics({k: v for k, v in evaluation.metrics.items() if v == v})  # NaN: undefined metric
+    run.log_figure(learning_curves(final.result.history), "plots/learning_curves.png")
+    run.log_figure(confusion_figure(evaluation.confusion), "plots/confusion_matrix.png")
+    run.log_dict(
+        {"rows_true": ["negative", "positive"], "matrix": evaluation.confusion.tolist()},
+        "evaluation/confusion_matrix.json",
+    )
+    return evaluation
+
+
+def log_model(final: FinalModel, data: PreparedData, run: tracking.RunHandle) -> str:
+    """The raw-text pyfunc under the run; returns its ``runs:/`` URI."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_model(
+            final.model,
+            data.vocabulary,
+            data.max_len,
+            final.result.widths,
+            THRESHOLD,
+            Path(tmp) / MODEL_ARTIFACT,
+        )
+        run.log_artifacts(str(folder), MODEL_ARTIFACT)
+    return f"{run.artifact_uri}/{MODEL_ARTIFACT}"
+
+
+def register_model(
+    cfg: PipelineConfig,
+    model_uri: str,
+    final: FinalModel,
+    evaluation: Evaluation,
+    data: PreparedData,
+    run: tracking.RunHandle,
+) -> registry.PromotionDecision:
+    """Register the model; promote it only if it beats the champion on the same test reviews."""
+    evidence: dict[str, Any] = {
+        **evaluation.metrics,
+        **run_params(final.hparams, cfg),
+        **final.details(),
+        **data.summary(),
+        "run_id": run.run_id,
+    }
+    decision = registry.register_and_promote(
+        run.stores,
+        cfg.tracking,
+        model_uri,
+        run.run_id,
+        evidence,
+        test=registry.TestSplit(data.test_texts, data.test.y),
+        correct=evaluation.correct,
+    )
+    run.set_tags(
+        {
+            "registered_version": decision.version,
+            "promotion": decision.reason,
+            "promotion_p_value": decision.p_value if decision.p_value is not None else "none",
+        }
+    )
+    return decision
+
+
+def summarize(
+    cfg: PipelineConfig,
+    run: tracking.RunHandle,
+    final: FinalModel,
+    evaluation: Evaluation,
+    *,
+    searched: search.SearchResult | None = None,
+    check: registry.ChampionCheck | None = None,
+    model_uri: str | None = None,
+    decision: registry.PromotionDecision | None = None,
+    forced: bool = False,
+    ui_url: str | None = None,
+) -> RunSummary:
+    """The run's outcome in one frozen value."""
+    promotion: dict[str, Any] = {}
+    if decision is not None:
+        promotion = {
+            "registered_version": decision.version,
+            "promoted": decision.promoted,
+            "promotion_reason": decision.reason,
+            "promotion_p_value": decision.p_value,
+            "champion_version": decision.version if decision.promoted else decision.champion_version,
+            "previous_champion_version": decision.champion_version,
+            "previous_champion_accuracy": decision.champion_accuracy,
+        }
+    best: dict[str, Any] = {}
+    if searched is not None:
+        best = {
+            "best_trial": searched.best_trial,
+            "best_value": searched.best_value,
+            "best_hparams": searched.best_hparams.model_dump(),
+        }
+    return RunSummary(
+        run_id=run.run_id,
+        run_url=run.link(ui_url),
+        model_name=cfg.tracking.model_name,
+        champion_check=check.reason if check is not None else "not checked",
+        forced=forced,
+        model_kind=final.kind,
+        test_metrics=evaluation.metrics,
+        model_uri=model_uri,
+        ui_command=run.stores.ui_command(),
+        **best,
+        **promotion,
+    )

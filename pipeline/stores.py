@@ -1,0 +1,153 @@
+"""Where runs, models, studies and artifacts live: the only module that knows URI schemes.
+
+``resolve(cfg)`` turns the config (already merged with the environment, ``MLFLOW_TRACKING_URI``
+included) into a frozen ``Stores``: absolute URIs for the MLflow tracking and registry stores,
+the Optuna storage and the experiments' artifact location, with local folders created. Everything
+else receives clients made from those URIs; nothing sets MLflow's process-global URIs.
+
+The embedded default keeps everything under ``mlruns/`` in the repository, addressed by absolute
+path so every process (CLI, Prefect runs, search workers, ``mlflow ui``) opens the same files.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.config import PROJECT_ROOT, PipelineConfig, env_var, flag
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+DEFAULT_STORE = PROJECT_ROOT / "mlruns"
+_SQLITE = "sqlite:///"
+LOCAL_UI = "http://127.0.0.1:5000"
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be used as configured; the message names the setting to change."""
+
+
+@dataclass(frozen=True)
+class Stores:
+    tracking_uri: str
+    registry_uri: str
+    artifact_root: str | None  # None: the tracking server chooses (proxied artifacts)
+    study_storage_uri: str | None  # None: none given and none can be derived
+
+    @property
+    def study_storage(self) -> str:
+        """The Optuna storage URL. Raises StoreError when the tracking store is not the embedded
+        SQLite one and no storage was given: a study on one machine's disk would be invisible to
+        the other machines that share the tracking server."""
+        if self.study_storage_uri is None:
+            raise StoreError(
+                f"no Optuna storage for the tracking store {self.tracking_uri}: pass "
+                f"{flag('search.storage')} (or {env_var('search.storage')}) with a database URL "
+                "every worker can reach, e.g. postgresql://user@host/optuna"
+            )
+        return self.study_storage_uri
+
+    @property
+    def is_local(self) -> bool:
+        return self.tracking_uri.startswith(_SQLITE)
+
+    def mlflow_client(self) -> MlflowClient:
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.tracking_uri, registry_uri=self.registry_uri)
+
+    def experiment_artifact_location(self, experiment_name: str) -> str | None:
+        return None if self.artifact_root is None else f"{self.artifact_root.rstrip('/')}/{experiment_name}"
+
+    def ui_url(self) -> str:
+        """Where people browse the runs: the tracking server itself, else a local ``mlflow ui``."""
+        return (
+            self.tracking_uri.rstrip("/")
+            if self.tracking_uri.startswith(("http://", "https://"))
+            else LOCAL_UI
+        )
+
+    def ui_command(self) -> str | None:
+        """The command that opens the MLflow UI on the embedded store (None with a server)."""
+        if not self.is_local:
+            return None
+        return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+
+    def alias_lock(self, model_name: str):
+        """An exclusive lock around moving ``model_name``'s alias: a file lock beside the embedded
+        store (processes on one machine); a no-op for other stores."""
+        if not self.is_local:
+            return nullcontext()
+        folder = Path(self.tracking_uri.removeprefix(_SQLITE)).parent
+        return _file_lock(folder / f".registry-{hashlib.sha1(model_name.encode()).hexdigest()[:12]}.lock")
+
+    def download_model(self, model_uri: str) -> str:
+        """A local folder holding the MLflow model at ``model_uri`` (``models:/NAME@ALIAS``,
+        ``models:/NAME/VERSION``, ``runs:/…`` or a local path). Raises MlflowException when the
+        model does not exist."""
+        if Path(model_uri).exists():
+            return model_uri
+        from mlflow.artifacts import download_artifacts
+        from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+        if model_uri.startswith("models:/"):
+            # MLflow resolves models:/ through its process-global registry URI: resolve it here.
+            client = self.mlflow_client()
+            name, version = get_model_name_and_version(client, model_uri)
+            model_uri = client.get_model_version_download_uri(name, version)
+        return download_artifacts(
+            artifact_uri=model_uri, tracking_uri=self.tracking_uri, registry_uri=self.registry_uri
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "tracking_uri": self.tracking_uri,
+            "registry_uri": self.registry_uri,
+            "artifact_root": self.artifact_root,
+            "study_storage": self.study_storage_uri,
+        }
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def resolve(cfg: PipelineConfig) -> Stores:
+    """The stores ``cfg`` points at, local folders created.
+
+    Defaults: the embedded SQLite store under ``mlruns/``, its artifacts in ``mlruns/artifacts``
+    and the Optuna study in ``mlruns/optuna.db``. With any other tracking URI, artifacts go where
+    the server says unless ``tracking.artifact_root`` is given, and the study storage must be given.
+    """
+    tracking_uri = _absolute_sqlite(cfg.tracking.tracking_uri or f"{_SQLITE}{DEFAULT_STORE / 'mlflow.db'}")
+    local_folder = (
+        Path(tracking_uri.removeprefix(_SQLITE)).parent if tracking_uri.startswith(_SQLITE) else None
+    )
+    artifact_root = cfg.tracking.artifact_root
+    study_storage = cfg.search.storage and _absolute_sqlite(cfg.search.storage)
+    if local_folder is not None:
+        local_folder.mkdir(parents=True, exist_ok=True)
+        artifact_root = artifact_root or (local_folder / "artifacts").as_uri()
+        study_storage = study_storage or f"{_SQLITE}{local_folder / 'optuna.db'}"
+    if study_storage is not None and study_storage.startswith(_SQLITE):
+        Path(study_storage.removeprefix(_SQLITE)).parent.mkdir(parents=True, exist_ok=True)
+    return Stores(tracking_uri, tracking_uri, artifact_root, study_storage)
+
+
+def _absolute_sqlite(uri: str) -> str:
+    """``sqlite:///relative.db`` follows the current folder: pin it, so every process opens one file."""
+    if not uri.startswith(_SQLITE):
+        return uri
+    return f"{_SQLITE}{Path(uri.removeprefix(_SQLITE)).expanduser().resolve()}"

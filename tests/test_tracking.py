@@ -1,0 +1,76 @@
+"""tracking: MLflow runs on a real SQLite store that always end, and say why."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline import tracking
+from pipeline.config import build_config
+from pipeline.stores import resolve
+
+DATASET = tracking.DatasetRecord("d" * 64, "/data/aclImdb_v1.tar.gz", {"n_train": 10, "n_test": 4})
+
+
+@pytest.fixture
+def stores(tmp_path):
+    return resolve(build_config({"tracking.tracking_uri": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"}))
+
+
+def _run(stores, run_id):
+    return stores.mlflow_client().get_run(run_id)
+
+
+def test_a_pipeline_run_holds_the_params_and_the_dataset_and_ends_finished(stores):
+    with tracking.pipeline_run(
+        stores, "exp", {"data.max_len": 200, "search.cells": ("gru",)}, DATASET
+    ) as run:
+        run.log_metrics({"val_accuracy": 0.5}, step=1)
+    logged = _run(stores, run.run_id)
+
+    assert logged.info.status == "FINISHED"
+    assert logged.data.params["data.max_len"] == "200" and logged.data.params["search.cells"] == '["gru"]'
+    assert logged.data.params["n_train"] == "10"
+    assert logged.inputs.dataset_inputs[0].dataset.digest == "d" * 32
+    assert logged.info.artifact_uri.startswith((stores.artifact_root or "") + "/exp")
+
+
+def test_a_run_that_raises_ends_failed_with_the_reason(stores):
+    with pytest.raises(ValueError), tracking.open_run(stores, "exp", "broken", {}) as run:
+        raise ValueError("loss became nan")
+    logged = _run(stores, run.run_id)
+
+    assert logged.info.status == "FAILED"
+    assert logged.data.tags["failure_reason"] == "ValueError: loss became nan"
+
+
+def test_a_run_killed_by_its_owner_keeps_that_state_when_the_error_passes_through(stores):
+    class Stopped(Exception):
+        pass
+
+    with pytest.raises(Stopped), tracking.open_run(stores, "exp", "pruned", {}) as run:
+        run.kill({"outcome": "pruned"})
+        raise Stopped
+    logged = _run(stores, run.run_id)
+
+    assert logged.info.status == "KILLED" and logged.data.tags["outcome"] == "pruned"
+
+
+def test_trial_runs_nest_under_the_parent_from_any_process(stores):
+    import pickle
+
+    with tracking.pipeline_run(stores, "exp", {}, DATASET) as parent:
+        tracker = pickle.loads(pickle.dumps(tracking.trial_tracker(parent, "exp")))  # as a worker gets it
+        with tracker(3, {"cell": "gru"}) as trial:
+            trial.log_metrics({"val_accuracy": 0.6}, step=1)
+    logged = _run(stores, trial.run_id)
+
+    assert logged.data.tags["mlflow.parentRunId"] == parent.run_id
+    assert logged.data.tags["mlflow.runName"] == "trial-003" and logged.data.tags["outcome"] == "complete"
+    assert logged.info.status == "FINISHED" and logged.data.params["cell"] == "gru"
+
+
+def test_a_run_links_to_its_page_in_the_ui(stores):
+    with tracking.open_run(stores, "exp", "linked", {}) as run:
+        pass
+    assert run.link() == f"http://127.0.0.1:5000/#/experiments/{run.experiment_id}/runs/{run.run_id}"
+    assert run.link("https://mlflow.example/").startswith("https://mlflow.example/#/experiments/")
