@@ -30,7 +30,7 @@ app = typer.Typer(
 )
 config_app = typer.Typer(no_args_is_help=True, help="The resolved configuration.")
 app.add_typer(config_app, name="config")
-ALL = ("data", "search", "train", "tracking")
+TRAINING = ("data", "search", "train", "tracking")
 
 Json = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
 Reason = Annotated[str, typer.Option(help="why: recorded as a tag on the version")]
@@ -59,7 +59,7 @@ def champion_uri(cfg) -> str:
 
 
 @app.command()
-@config_options(*ALL)
+@config_options(*TRAINING)
 def run(cfg, verbose: bool, force: Force = False, as_json: Json = False) -> None:
     """The whole pipeline as a Prefect flow: prep, search, final training, evaluation, registry.
 
@@ -85,7 +85,7 @@ def prepare(cfg, verbose: bool) -> None:
 
 
 @app.command()
-@config_options(*ALL)
+@config_options(*TRAINING)
 def search(cfg, verbose: bool) -> None:
     """Run (or resume) the Optuna study only, one MLflow child run per trial; print the best."""
     from flows.training import search_flow
@@ -95,7 +95,7 @@ def search(cfg, verbose: bool) -> None:
 
 
 @app.command()
-@config_options(*ALL, hparams=True)
+@config_options(*TRAINING, hparams=True)
 def train(
     cfg,
     verbose: bool,
@@ -128,7 +128,7 @@ def presets() -> None:
 
 
 @app.command()
-@config_options(*ALL)
+@config_options(*TRAINING)
 def schedule(
     cfg,
     verbose: bool,
@@ -148,22 +148,15 @@ def schedule(
 
 
 @app.command()
-@config_options("tracking")
-def serve(
-    cfg,
-    verbose: bool,
-    model: ModelArg = None,
-    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 5001,
-    workers: Annotated[int, typer.Option(min=1, help="server processes")] = 1,
-) -> None:
+@config_options("serve", "tracking")
+def serve(cfg, verbose: bool, model: ModelArg = None) -> None:
     """Serve a registered model over HTTP (MLflow's scoring server: POST /invocations, GET /ping)."""
     from pipeline.http_server import serve_command
     from pipeline.stores import resolve
 
-    uri = model or champion_uri(cfg)
-    command, env = serve_command(uri, resolve(cfg).tracking_uri, host, port, workers)
-    typer.echo(f"serving {uri} on http://{host}:{port}", err=True)
+    uri, options = model or champion_uri(cfg), cfg.serve
+    command, env = serve_command(uri, resolve(cfg).tracking_uri, options.host, options.port, options.workers)
+    typer.echo(f"serving {uri} on http://{options.host}:{options.port}", err=True)
     os.execve(command[0], command, env)  # the server takes this process: signals reach it directly
 
 
@@ -219,7 +212,7 @@ def rollback(cfg, verbose: bool, reason: Reason, version: Restore = None) -> Non
 
 
 @config_app.command("show")
-@config_options(*ALL)
+@config_options(*TRAINING, "serve")
 def config_show(cfg, verbose: bool, as_json: Json = False) -> None:
     """Print the resolved config (options > SENTIMENT_* variables > --config file > defaults);
     the YAML form is itself a valid --config file."""

@@ -34,7 +34,14 @@ from pydantic.fields import FieldInfo
 
 from pipeline.config import PROJECT_ROOT, SECTIONS, ConfigError, HParams, env_var, flag, load_config
 
-PANELS = {"data": "Data", "train": "Training", "search": "Search", "tracking": "MLflow", "hparams": "Model"}
+PANELS = {
+    "data": "Data",
+    "train": "Training",
+    "search": "Search",
+    "tracking": "MLflow",
+    "serve": "Scoring server",
+    "hparams": "Model",
+}
 
 
 def _unwrap(annotation: Any) -> tuple[Any, bool]:
@@ -98,7 +105,10 @@ def _section_parameters(sections: tuple[str, ...]) -> dict[str, tuple[str, inspe
         for leaf, field in SECTIONS[section].model_fields.items():
             dotted = f"{section}.{leaf}"
             name = dotted.replace(".", "__")
-            generated[name] = (dotted, _parameter(name, flag(dotted), field, PANELS[section], dotted))
+            generated[name] = (
+                dotted,
+                _parameter(name, flag(dotted, sections), field, PANELS[section], dotted),
+            )
     return generated
 
 
@@ -156,7 +166,7 @@ def config_options(*sections: str, hparams: bool = False) -> Callable[[Callable]
             }
             configure_output(kwargs["verbose"])
             try:
-                cfg = load_config(options, kwargs.pop("config_file"))
+                cfg = load_config(options, kwargs.pop("config_file"), sections)
             except ConfigError as error:
                 fail(str(error), code=2)
             extra = {"hparams_overrides": overrides} if hparams else {}

@@ -13,7 +13,7 @@ Precedence, highest first: command-line option > environment variable > config f
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -160,15 +160,37 @@ class TrackingConfig(_Frozen):
     )
 
 
+class ServeConfig(_Frozen):
+    """The HTTP scoring server (``sentiment serve``): where it listens and what it accepts."""
+
+    host: str = Field("127.0.0.1", min_length=1, description="address the scoring server listens on")
+    port: int = Field(5001, ge=1, le=65535, description="port the scoring server listens on")
+    workers: int = Field(1, ge=1, le=32, description="scoring server processes")
+    max_body_bytes: int = Field(
+        5 * 2**20, ge=1024, description="largest request body accepted; larger gets 413"
+    )
+    max_reviews: int = Field(2000, ge=1, description="most reviews in one request; more gets 413")
+    max_review_chars: int = Field(
+        20_000,
+        ge=100,
+        description="characters kept per review, from its end (the model reads only its last max_len tokens)",
+    )
+    max_concurrency: int = Field(
+        8, ge=1, description="requests scored at once per server process; more get 503"
+    )
+
+
 class PipelineConfig(_Frozen):
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     search: SearchConfig = SearchConfig()
     tracking: TrackingConfig = TrackingConfig()
+    serve: ServeConfig = ServeConfig()
 
     def flat_params(self) -> dict[str, Any]:
-        """Dotted keys (``data.max_len``) for logging the whole config as MLflow params."""
-        return _flatten(self.model_dump(mode="json"))
+        """Dotted keys (``data.max_len``) for logging the config as MLflow params: what a run
+        trained with and where it logged (the scoring server's settings are not part of it)."""
+        return _flatten(self.model_dump(mode="json", exclude={"serve"}))
 
 
 SECTIONS: dict[str, type[BaseModel]] = {
@@ -184,7 +206,7 @@ class ConfigError(ValueError):
 
 # A leaf name used by two sections keeps the plain flag in its home section (``--max-len`` is
 # ``data.max_len``); elsewhere the flag carries the section (``--search-max-len``).
-_HOME = {"max_len": "data", "epochs": "train"}
+_HOME = {"max_len": "data", "epochs": "train", "workers": "search"}
 _FLAG_NAMES = {"data.path": "--data", "search.cells": "--cell"}
 
 
@@ -195,12 +217,15 @@ def fields() -> Iterator[tuple[str, FieldInfo]]:
             yield f"{section}.{name}", field
 
 
-def flag(dotted: str) -> str:
-    """The CLI flag of a setting: ``data.max_len`` → ``--max-len``, ``search.epochs`` → ``--search-epochs``."""
+def flag(dotted: str, sections: Iterable[str] | None = None) -> str:
+    """The CLI flag of a setting: ``data.max_len`` → ``--max-len``, ``search.epochs`` →
+    ``--search-epochs``. Among ``sections`` (a command's; default all) a leaf name no other
+    section shares keeps its plain flag: ``sentiment serve --workers`` is ``serve.workers``."""
     if dotted in _FLAG_NAMES:
         return _FLAG_NAMES[dotted]
     section, leaf = dotted.split(".", 1)
-    shared = sum(leaf in model.model_fields for model in SECTIONS.values()) > 1
+    among = SECTIONS if sections is None else sections
+    shared = sum(leaf in SECTIONS[name].model_fields for name in among) > 1
     name = f"{section}_{leaf}" if shared and _HOME.get(leaf) != section else leaf
     return "--" + name.replace("_", "-")
 
@@ -280,6 +305,7 @@ def _settings_class(config_file: Path | None) -> type:
         train: TrainConfig = TrainConfig()
         search: SearchConfig = SearchConfig()
         tracking: TrackingConfig = TrackingConfig()
+        serve: ServeConfig = ServeConfig()
 
         @classmethod
         def settings_customise_sources(
@@ -295,7 +321,11 @@ def _settings_class(config_file: Path | None) -> type:
     return Settings
 
 
-def load_config(options: Mapping[str, Any] | None = None, config_file: Path | None = None) -> PipelineConfig:
+def load_config(
+    options: Mapping[str, Any] | None = None,
+    config_file: Path | None = None,
+    sections: Iterable[str] | None = None,
+) -> PipelineConfig:
     """The config from dotted ``options`` > ``SENTIMENT_*`` variables > ``config_file`` > defaults.
 
     ``config_file`` is YAML (``.yaml``/``.yml``) or TOML (``.toml``) shaped like the config tree
@@ -311,7 +341,7 @@ def load_config(options: Mapping[str, Any] | None = None, config_file: Path | No
     try:
         loaded = _settings_class(config_file)(**_tree(options))
     except ValidationError as error:
-        raise ConfigError(describe_validation_error(error, options, config_file)) from None
+        raise ConfigError(describe_validation_error(error, options, config_file, sections)) from None
     except Exception as error:  # a file that is not valid YAML/TOML
         if config_file is None:
             raise
@@ -323,7 +353,10 @@ def load_config(options: Mapping[str, Any] | None = None, config_file: Path | No
 
 
 def describe_validation_error(
-    error: ValidationError, options: Mapping[str, Any] | None = None, config_file: Path | None = None
+    error: ValidationError,
+    options: Mapping[str, Any] | None = None,
+    config_file: Path | None = None,
+    sections: Iterable[str] | None = None,
 ) -> str:
     """One line per problem: the field, its flag, the message, the value and where it came from."""
     lines = []
@@ -331,7 +364,7 @@ def describe_validation_error(
         parts = [str(part) for part in problem["loc"] if not isinstance(part, int)]
         dotted = ".".join(parts)
         field = ".".join(parts[:2])
-        line = f"invalid option {dotted} ({flag(field)}): {problem['msg']} (got {problem.get('input')!r})"
+        line = f"invalid option {dotted} ({flag(field, sections)}): {problem['msg']} (got {problem.get('input')!r})"
         source = _source(field, options, config_file)
         lines.append(line + (f" from {source}" if source else ""))
     return "\n".join(lines)
