@@ -158,6 +158,9 @@ class TrackingConfig(_Frozen):
     min_gain: float = Field(
         0.0, ge=0.0, le=1.0, description="test accuracy a challenger must gain over the champion to promote"
     )
+    min_accuracy: float = Field(
+        0.0, ge=0.0, le=1.0, description="test accuracy any model needs to become champion (a floor)"
+    )
 
 
 class ServeConfig(_Frozen):

@@ -143,6 +143,29 @@ def compare(
     )
 
 
+def first_champion(version: str, correct: np.ndarray, labels: np.ndarray, alpha: float) -> PromotionDecision:
+    """With no champion to compare against, the model must still beat always answering the test
+    split's majority class: an exact one-sided binomial test of its correct answers against the
+    majority share, at the same ``alpha`` as McNemar's (1: more accurate is enough)."""
+    correct = np.asarray(correct, dtype=bool)
+    positive_share = float(np.mean(np.asarray(labels).astype(int)))
+    majority = max(positive_share, 1 - positive_share)
+    accuracy = float(np.mean(correct))
+    p_value = float(binomtest(int(correct.sum()), len(correct), majority, alternative="greater").pvalue)
+    if accuracy <= majority:
+        promoted, why = False, "not more accurate than always answering the majority class"
+    elif alpha < 1 and p_value >= alpha:
+        promoted, why = (
+            False,
+            f"not significantly above the majority class (binomial p={p_value:.4g} ≥ {alpha})",
+        )
+    else:
+        promoted, why = True, f"no champion yet; above the majority class, binomial p={p_value:.4g}"
+    versus = f"{accuracy:.4f} vs majority class {majority:.4f} on {len(correct)} test reviews"
+    reason = f"{'promoted' if promoted else 'not promoted'}: {why}; {versus}"
+    return PromotionDecision(version, promoted, reason, accuracy, None, None, p_value)
+
+
 def pack_correct(correct: np.ndarray) -> str:
     """Per-review correctness as a compact tag value (zlib + base64 of the bits)."""
     bits = np.packbits(np.asarray(correct, dtype=bool))
@@ -229,8 +252,16 @@ def _decide(
     test: TestSplit | None,
     correct: np.ndarray | None,
 ) -> PromotionDecision:
+    if accuracy < cfg.min_accuracy:
+        champion_version, champion_accuracy = current or (None, None)
+        reason = f"kept champion: {METRIC} {accuracy:.4f} below min_accuracy {cfg.min_accuracy}"
+        return PromotionDecision(version, False, reason, accuracy, champion_version, champion_accuracy)
     if current is None:
-        return PromotionDecision(version, True, "promoted: no champion yet", accuracy, None, None)
+        if test is None or correct is None:
+            return PromotionDecision(
+                version, True, "promoted: no champion yet (unpaired)", accuracy, None, None
+            )
+        return first_champion(version, correct, test.labels, cfg.promotion_alpha)
     champion_version, champion_accuracy = current
     if test is None or correct is None:
         return _compare_unpaired(version, accuracy, champion_version, champion_accuracy, cfg.min_gain)

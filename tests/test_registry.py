@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline import registry
-from pipeline.registry import TestSplit, compare, mcnemar_exact, pack_correct, unpack_correct
+from pipeline.registry import TestSplit, compare, first_champion, mcnemar_exact, pack_correct, unpack_correct
 
 # --- the statistics -----------------------------------------------------------------------
 
@@ -43,6 +43,18 @@ def test_min_gain_alone_decides_when_the_test_is_off():
     assert compare("2", better, "1", champion, alpha=1.0, min_gain=0.0).promoted
     assert not compare("2", better, "1", champion, alpha=1.0, min_gain=0.05).promoted
     assert not compare("2", champion, "1", champion, alpha=1.0, min_gain=0.0).promoted
+
+
+def test_a_first_champion_must_beat_the_majority_class_significantly():
+    labels = np.array([1] * 60 + [0] * 40)  # majority: positive, 0.6
+    coin = _with_accuracy(100, 62)
+    refused = first_champion("1", coin, labels, alpha=0.05)
+    assert not refused.promoted and "not significantly above the majority class" in refused.reason
+    assert refused.p_value == pytest.approx(0.382, abs=1e-3)  # P(X ≥ 62), X ~ Binomial(100, 0.6)
+    worse = first_champion("1", _with_accuracy(100, 55), labels, alpha=1.0)
+    assert not worse.promoted and "majority class" in worse.reason
+    good = first_champion("1", _with_accuracy(100, 80), labels, alpha=0.05)
+    assert good.promoted and good.p_value < 1e-4 and "0.6000" in good.reason
 
 
 def test_correctness_packs_into_a_tag_and_back():
@@ -99,7 +111,7 @@ def test_versions_and_the_model_carry_a_model_card(registered):
         assert expected in version.description
     assert 'load_model("models:/test-model/1")' in version.description
     assert "models:/test-model@champion" in client.get_registered_model("test-model").description
-    assert version.tags["promotion_decision"] == "promote"
+    assert version.tags["promotion_decision"] in ("promote", "keep") and version.tags["promotion_reason"]
 
 
 @pytest.mark.integration
@@ -122,7 +134,7 @@ def test_decision_tags_record_both_accuracies_and_the_p_value(registered):
 def test_a_failure_before_the_alias_moves_keeps_the_champion(registered, monkeypatch):
     cfg = _named(registered, "failing")
     n = len(registered.data.test_texts)
-    first = _register(registered, cfg, _with_accuracy(n, n // 2))
+    first = _register(registered, cfg, _with_accuracy(n, int(n * 0.7)))
 
     def broken(*args, **kwargs):
         raise RuntimeError("store went away")
@@ -139,7 +151,7 @@ def test_a_failure_before_the_alias_moves_keeps_the_champion(registered, monkeyp
 def test_two_runs_finishing_together_leave_the_alias_on_the_better(registered):
     cfg = _named(registered, "race")
     n = len(registered.data.test_texts)
-    _register(registered, cfg, _with_accuracy(n, n // 2))
+    _register(registered, cfg, _with_accuracy(n, int(n * 0.6)))
     good, best = _with_accuracy(n, int(n * 0.8), seed=1), _with_accuracy(n, n, seed=2)
     decisions: dict[str, registry.PromotionDecision] = {}
     threads = [
@@ -193,3 +205,37 @@ def test_promote_and_rollback_by_hand_record_the_reason(registered):
     assert client.get_model_version("manual", second.version).tags["rolled_back_reason"] == "complaints"
     result = runner.invoke(app, ["promote", "99", "--reason", "typo", *common])
     assert result.exit_code == 1 and "no version 99" in result.output
+
+
+@pytest.mark.integration
+def test_an_untrained_model_is_refused_as_the_first_champion_with_the_reason(registered, sample_data):
+    """A real, deliberately untrained model scored on the sample: no better than chance."""
+    from pipeline.batching import predict_proba
+    from pipeline.config import HParams
+    from pipeline.evaluate import evaluate
+    from pipeline.model import build_model
+
+    untrained = build_model(HParams(cell="gru", units=4, embedding_dim=4), sample_data.vocab_size_effective)
+    probability = predict_proba(
+        untrained, sample_data.test.x, sample_data.test.lengths, (sample_data.max_len,)
+    )
+    correct = evaluate(sample_data.test.y, probability).correct
+    cfg = _named(registered, "untrained")
+
+    decision = _register(registered, cfg, correct)
+
+    assert not decision.promoted and "majority class" in decision.reason
+    client = _client(registered)
+    tags = client.get_model_version("untrained", decision.version).tags
+    assert tags["promotion_decision"] == "keep" and float(tags["promotion_p_value"]) >= 0.05
+    assert "majority class" in tags["promotion_reason"]
+    with pytest.raises(Exception, match="alias"):
+        client.get_model_version_by_alias("untrained", "champion")
+
+
+@pytest.mark.integration
+def test_min_accuracy_is_a_floor_for_every_promotion(registered):
+    cfg = _named(registered, "floor").model_copy(update={"min_accuracy": 0.9})
+    n = len(registered.data.test_texts)
+    decision = _register(registered, cfg, _with_accuracy(n, int(n * 0.85)))
+    assert not decision.promoted and "below min_accuracy 0.9" in decision.reason
