@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 LABELS = ("neg", "pos")  # index = label: 0 negative, 1 positive
 SPLITS = ("train", "test")
 # Bump when tokenization or array layout changes, so old caches are never reused.
-PREP_VERSION = 3
+PREP_VERSION = 4
+# Empty review files are skipped with a warning up to this share of a split; past it the dataset
+# is taken as broken.
+MAX_EMPTY_SHARE = 0.01
 # Keras' default standardization (lower case, apostrophes dropped so "don't" is "dont"), with
 # other punctuation and the <br /> tags every IMDB review carries turned into word breaks.
 _BREAK_TAG = r"<br\s*/?>"
@@ -54,6 +57,7 @@ class RawDataset:
     test: Reviews
     digest: str  # sha256 over every review's path and text: equal for the archive and its folder
     source: str
+    skipped: tuple[str, ...] = ()  # empty review files left out
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,7 @@ class PreparedData:
     source: str
     prep_seconds: float = 0.0
     from_cache: bool = False
+    skipped_reviews: int = 0  # empty review files left out of the splits
 
     @property
     def vocab_size_effective(self) -> int:
@@ -90,7 +95,10 @@ class PreparedData:
 
     def summary(self) -> dict[str, float | int | str]:
         """Sizes and class balance, as logged with the dataset."""
-        info: dict[str, float | int | str] = {"dataset_digest": self.digest}
+        info: dict[str, float | int | str] = {
+            "dataset_digest": self.digest,
+            "skipped_empty_reviews": self.skipped_reviews,
+        }
         for name, split in (("train", self.train), ("val", self.val), ("test", self.test)):
             info[f"n_{name}"] = len(split)
             info[f"{name}_positive_share"] = round(float(split.y.mean()), 4)
@@ -107,13 +115,19 @@ def read_reviews(path: Path) -> RawDataset:
         raise DataError(f"dataset not found: {path}")
     entries = _read_folder(path) if path.is_dir() else _read_archive(path)
     groups: dict[str, list[tuple[str, str, int]]] = {split: [] for split in SPLITS}
+    empty: dict[str, list[str]] = {split: [] for split in SPLITS}
     for name, raw in entries:
         split, label = name.split("/")[-3:-1]
-        groups[split].append((name, _decode(raw, path, name), LABELS.index(label)))
+        text = _decode(raw, path, name)
+        if text.strip():
+            groups[split].append((name, text, LABELS.index(label)))
+        else:
+            empty[split].append(name)
     digest = hashlib.sha256()
     splits = {}
     for split in SPLITS:
         rows = sorted(groups[split])
+        _allow_few_empty(sorted(empty[split]), len(rows), path, split)
         if not rows:
             raise DataError(f"{path}: no reviews under aclImdb/{split}/pos or aclImdb/{split}/neg")
         for name, text, _ in rows:
@@ -121,7 +135,21 @@ def read_reviews(path: Path) -> RawDataset:
         labels = np.array([label for _, _, label in rows], dtype=np.int8)
         _require_both_classes(labels, path, split)
         splits[split] = Reviews([text for _, text, _ in rows], labels)
-    return RawDataset(splits["train"], splits["test"], digest.hexdigest(), str(path))
+    skipped = tuple(sorted(empty["train"] + empty["test"]))
+    return RawDataset(splits["train"], splits["test"], digest.hexdigest(), str(path), skipped)
+
+
+def _allow_few_empty(names: list[str], kept: int, path: Path, split: str) -> None:
+    """Skip a few empty review files with a warning naming them; DataError past MAX_EMPTY_SHARE."""
+    if not names:
+        return
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    if len(names) > MAX_EMPTY_SHARE * (kept + len(names)):
+        raise DataError(
+            f"{path}: {split} review {shown} empty ({len(names)} of {kept + len(names)}, more than "
+            f"the {MAX_EMPTY_SHARE:.0%} that is skipped)"
+        )
+    log.warning("%s: skipping %d empty %s review(s): %s", path, len(names), split, shown)
 
 
 def _review_name(name: str) -> bool:
@@ -156,8 +184,6 @@ def _decode(raw: bytes, path: Path, name: str) -> str:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: review {name} is not valid UTF-8 ({error.reason})") from None
-    if not text.strip():
-        raise DataError(f"{path}: review {name} is empty")
     return text
 
 
@@ -280,6 +306,7 @@ def prepare_reviews(raw: RawDataset, cfg: DataConfig) -> PreparedData:
         max_len=cfg.max_len,
         digest=raw.digest,
         source=raw.source,
+        skipped_reviews=len(raw.skipped),
     )
 
 
@@ -343,6 +370,7 @@ def _save_cache(data: PreparedData, file: Path) -> None:
         "max_len": data.max_len,
         "digest": data.digest,
         "source": data.source,
+        "skipped_reviews": data.skipped_reviews,
     }
     arrays = {
         f"{name}_{field}": getattr(getattr(data, name), field)
@@ -376,4 +404,5 @@ def _load_cache(file: Path) -> PreparedData:
         digest=meta["digest"],
         source=meta["source"],
         test_texts=test_texts,
+        skipped_reviews=meta["skipped_reviews"],
     )

@@ -218,6 +218,20 @@ def test_a_bad_review_file_is_named(
         read_reviews(path)
 
 
+def test_a_few_empty_reviews_are_skipped_with_a_warning_and_counted(
+    make_folder, make_reviews, data_config, caplog
+):
+    root = make_folder(reviews=make_reviews(60, 5))  # 120 training reviews: one empty is < 1 %
+    (root / "aclImdb" / "train" / "neg" / "1_2.txt").write_text("  \n")
+
+    with caplog.at_level("WARNING", logger="pipeline.data"):
+        data = prepare(data_config(root))
+
+    assert "skipping 1 empty train review(s): aclImdb/train/neg/1_2.txt" in caplog.text
+    assert len(data.train) + len(data.val) == 119
+    assert data.summary()["skipped_empty_reviews"] == 1
+
+
 @pytest.mark.parametrize(("split", "missing"), [("train", "neg"), ("test", "pos")])
 def test_a_split_with_one_class_is_named(make_folder, make_reviews, split, missing):
     reviews = make_reviews(3, 2)
