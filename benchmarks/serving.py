@@ -1,12 +1,13 @@
-"""The registered model over HTTP (`mlflow models serve`): latency of one review, throughput of batches.
+"""The registered model over HTTP (`sentiment serve`): latency of one review, throughput of batches.
 
     make run && python -m benchmarks.serving            # the champion of the default store
     python -m benchmarks.serving --model models:/imdb-sentiment/3 --requests 500
 
-Starts ``mlflow models serve -m <model> --env-manager local`` on 127.0.0.1 (one worker), sends real
-reviews from the shipped sample's test split, and writes ``benchmarks/results/serving.json`` and
-``.md``: p50/p95/p99 latency of single-review requests and reviews per second for batches of
-1,000 (``{"dataframe_split": ...}`` payloads), after a warm-up.
+Starts ``sentiment serve <model>`` (MLflow's scoring app behind its limits) on 127.0.0.1 (one
+worker, default limits), sends real reviews from the shipped sample's test split, and writes
+``benchmarks/results/serving.json`` and ``.md``: p50/p95/p99 latency of single-review requests
+and reviews per second for batches of 1,000 (``{"dataframe_split": ...}`` payloads), after a
+warm-up.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def markdown(results: dict[str, Any]) -> str:
     return (
         f"## Serving over HTTP: `{results['model']}`\n\n"
         f"`{results['command']}` on {env['cpu']} ({env['cores']} cores), {results['date']}; "
-        f"`mlflow models serve --env-manager local`, 1 worker, real IMDB test reviews "
+        f"`sentiment serve`, 1 worker, default limits, real IMDB test reviews "
         f"(mean {m['mean_review_words']:.0f} words).\n\n"
         + "\n".join(rows)
         + f"\n\nVersions: {versions_line(env)}.\n"
@@ -111,8 +112,8 @@ def main() -> None:
     reviews = sample_reviews()
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            with model_server(args.model, args.tracking_uri, Path(tmp) / "server.log") as url:
-                measurements = measure(url, reviews, args.requests, args.batches, args.batch_size)
+            with model_server(args.model, args.tracking_uri, Path(tmp) / "server.log") as server:
+                measurements = measure(server.url, reviews, args.requests, args.batches, args.batch_size)
         except RuntimeError as error:
             raise SystemExit(f"error: cannot serve {args.model} from {args.tracking_uri}: {error}") from None
     results = {

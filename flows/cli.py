@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.options import config_options, guarded, print_result
+from flows.options import config_options, print_result
 
 # Before Prefect is imported: its temporary local API can take >20 s to start on 2 busy cores.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -66,11 +66,14 @@ def run(cfg, verbose: bool, force: Force = False, as_json: Json = False) -> None
     Skips (recording a skipped MLflow run) when the champion was trained on the same data and
     config; --force retrains anyway.
     """
-    from flows.training import training_flow
-    from pipeline.stores import resolve
+    from pipeline.stores import preflight
 
-    guarded(lambda: resolve(cfg).study_storage, verbose)  # a study nobody else can see: refuse now
-    print_result(guarded(lambda: training_flow(config=cfg, force=force), verbose), as_json)
+    preflight(cfg)  # a missing dataset or a dead store: one line in seconds, before heavy imports
+    from flows.prefect_api import prefect_api
+    from flows.training import training_flow
+
+    with prefect_api():
+        print_result(training_flow(config=cfg, force=force), as_json)
 
 
 @app.command()
@@ -79,7 +82,7 @@ def prepare(cfg, verbose: bool) -> None:
     """Read, split and encode the dataset (or load it from the cache); print sizes and balance."""
     from pipeline.data import prepare as prepare_data
 
-    prepared = guarded(lambda: prepare_data(cfg.data), verbose)
+    prepared = prepare_data(cfg.data)
     info = {"seconds": round(prepared.prep_seconds, 2), "from_cache": prepared.from_cache}
     print_result(prepared.summary() | info, True)
 
@@ -88,9 +91,14 @@ def prepare(cfg, verbose: bool) -> None:
 @config_options(*TRAINING)
 def search(cfg, verbose: bool) -> None:
     """Run (or resume) the Optuna study only, one MLflow child run per trial; print the best."""
+    from pipeline.stores import preflight
+
+    preflight(cfg)
+    from flows.prefect_api import prefect_api
     from flows.training import search_flow
 
-    result = guarded(lambda: search_flow(config=cfg), verbose)
+    with prefect_api():
+        result = search_flow(config=cfg)
     print_result({**result.__dict__, "best_hparams": result.best_hparams.model_dump()}, True)
 
 
@@ -107,12 +115,15 @@ def train(
 ) -> None:
     """Train and evaluate one configuration (a preset or a study's best, Model options on top) and
     log it; --register registers it."""
+    from flows.prefect_api import prefect_api
     from flows.training import train_flow
     from pipeline.stages import chosen_hparams
+    from pipeline.stores import preflight
 
-    cfg, hparams = guarded(lambda: chosen_hparams(cfg, preset, best_of, hparams_overrides), verbose)
-    summary = guarded(lambda: train_flow(cfg, hparams, f"train-{preset or best_of}", register), verbose)
-    print_result(summary, as_json)
+    cfg, hparams = chosen_hparams(cfg, preset, best_of, hparams_overrides)
+    preflight(cfg, study=False)
+    with prefect_api():
+        print_result(train_flow(cfg, hparams, f"train-{preset or best_of}", register), as_json)
 
 
 @app.command()
@@ -150,14 +161,14 @@ def schedule(
 @app.command()
 @config_options("serve", "tracking")
 def serve(cfg, verbose: bool, model: ModelArg = None) -> None:
-    """Serve a registered model over HTTP (MLflow's scoring server: POST /invocations, GET /ping)."""
-    from pipeline.http_server import serve_command
+    """Serve a registered model over HTTP (MLflow's scoring app: POST /invocations), within limits."""
+    from pipeline.http_server import serve_model
     from pipeline.stores import resolve
 
     uri, options = model or champion_uri(cfg), cfg.serve
-    command, env = serve_command(uri, resolve(cfg).tracking_uri, options.host, options.port, options.workers)
+    path = resolve(cfg).download_model(uri)  # a missing model: one line, exit 1
     typer.echo(f"serving {uri} on http://{options.host}:{options.port}", err=True)
-    os.execve(command[0], command, env)  # the server takes this process: signals reach it directly
+    serve_model(path, options)
 
 
 @app.command()
@@ -178,9 +189,8 @@ def predict(
     from pipeline.stores import resolve
 
     uri, source = model or champion_uri(cfg), None if input == "-" else Path(input)
-    score = guarded(lambda: scorer_for(resolve(cfg), uri), verbose)
     options = {"text_column": text_column, "batch_size": batch_size, "progress": progress}
-    scored = guarded(lambda: predict_file(score, source, output, **options), verbose)
+    scored = predict_file(lambda: scorer_for(resolve(cfg), uri), source, output, **options)
     typer.echo(f"scored {scored} reviews with {uri}", err=True)
 
 
@@ -196,7 +206,7 @@ def promote(
     from pipeline import registry
     from pipeline.stores import resolve
 
-    previous = guarded(lambda: registry.promote(resolve(cfg), cfg.tracking, version, reason), verbose)
+    previous = registry.promote(resolve(cfg), cfg.tracking, version, reason)
     print_result({"model": cfg.tracking.model_name, "champion": version, "previous_champion": previous}, True)
 
 
@@ -207,7 +217,7 @@ def rollback(cfg, verbose: bool, reason: Reason, version: Restore = None) -> Non
     from pipeline import registry
     from pipeline.stores import resolve
 
-    old, new = guarded(lambda: registry.rollback(resolve(cfg), cfg.tracking, reason, version), verbose)
+    old, new = registry.rollback(resolve(cfg), cfg.tracking, reason, version)
     print_result({"model": cfg.tracking.model_name, "champion": new, "rolled_back": old}, True)
 
 

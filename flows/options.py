@@ -23,8 +23,8 @@ import sys
 import traceback
 import types
 import typing
-import warnings
 from collections.abc import Callable
+from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -33,6 +33,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from pipeline.config import PROJECT_ROOT, SECTIONS, ConfigError, HParams, env_var, flag, load_config
+from pipeline.signals import stop_on_signals
 
 PANELS = {
     "data": "Data",
@@ -170,7 +171,8 @@ def config_options(*sections: str, hparams: bool = False) -> Callable[[Callable]
             except ConfigError as error:
                 fail(str(error), code=2)
             extra = {"hparams_overrides": overrides} if hparams else {}
-            return command(cfg=cfg, **kwargs, **extra)
+            with stop_on_signals():
+                return guarded(lambda: command(cfg=cfg, **kwargs, **extra), kwargs["verbose"])
 
         parameters = [*own, *_COMMON, *(p for _, p in fields.values()), *(p for _, p in models.values())]
         wrapper.__signature__ = inspect.Signature(parameters)
@@ -193,19 +195,26 @@ _QUIET = {
 }
 
 
+LOG_FILE = PROJECT_ROOT / ".cache" / "logs" / "sentiment.log"
+_details = logging.getLogger("sentiment")  # tracebacks: to the log file only, never the terminal
+
+
 def configure_output(verbose: bool) -> None:
-    """Quiet by default: the library's progress lines and warnings, not Prefect's per-task INFO
-    lines or MLflow's download bars; everything with ``--verbose``."""
+    """Quiet by default: the library's progress lines and warnings, not Prefect's per-task lines
+    (they still reach Prefect's API) or MLflow's download bars; everything with ``--verbose``.
+    Every failure's traceback goes to ``LOG_FILE``."""
+    _log_to_file()
     if not verbose:
-        os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+        os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "CRITICAL"
+        os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL"] = "CRITICAL"
+        os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL"] = "CRITICAL"
         os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"
         os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
         for name, level in _QUIET.items():
             logging.getLogger(name).setLevel(level)
-        warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
         import optuna  # sets its own level on first use: set it after
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials: counted, reasons in MLflow
     library = logging.getLogger("pipeline")
     if not any(isinstance(handler, _Stderr) for handler in library.handlers):
         handler = _Stderr()
@@ -213,6 +222,21 @@ def configure_output(verbose: bool) -> None:
         library.addHandler(handler)
     library.setLevel(logging.INFO)
     library.propagate = False
+
+
+def _log_to_file() -> None:
+    if any(isinstance(handler, logging.FileHandler) for handler in _details.handlers):
+        return
+    try:
+        LOG_FILE.parent.mkdir(parents=True, exist_ok=True)
+        handler = RotatingFileHandler(LOG_FILE, maxBytes=5 * 2**20, backupCount=2)
+    except OSError:  # a read-only checkout: tracebacks only with --verbose then
+        return
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"))
+    _details.addHandler(handler)
+    _details.setLevel(logging.INFO)
+    _details.propagate = False
+    logging.getLogger("pipeline").addHandler(handler)
 
 
 class _Stderr(logging.StreamHandler):
@@ -231,33 +255,43 @@ T = TypeVar("T")
 
 
 def guarded(work: Callable[[], T], verbose: bool) -> T:
-    """Run ``work()``; a known failure prints one line (and the traceback with --verbose), exit 1."""
-    from mlflow.exceptions import MlflowException
-    from optuna.exceptions import StorageInternalError
-
-    from pipeline.config import ConfigError
-    from pipeline.data import DataError
-    from pipeline.registry import RegistryError
-    from pipeline.search import SearchError
-    from pipeline.serve import InputError
-    from pipeline.stores import StoreError
-
+    """Run ``work()``. A known failure (bad input, data, store, registry) prints one line and exits
+    1, its traceback in ``LOG_FILE`` (and on the terminal with --verbose); Ctrl-C or SIGTERM exits
+    130 or 143 once the work in hand is closed."""
     try:
         return work()
-    except ConfigError as error:
-        fail(str(error), code=2)
-    except (
-        DataError,
-        SearchError,
-        StorageInternalError,
-        StoreError,
-        RegistryError,
-        InputError,
-        MlflowException,
-    ) as error:
+    except KeyboardInterrupt as stop:
+        _details.warning("%s", stop or "interrupted", exc_info=True)
+        fail(
+            f"{stop or 'interrupted'}: stopped; open MLflow runs closed KILLED",
+            code=getattr(stop, "exit_code", 130),
+        )
+    except Exception as error:
+        if not _known(error):
+            raise
+        _details.error("%s", error, exc_info=True)
         if verbose:
             traceback.print_exc()
-        fail(getattr(error, "message", None) or str(error))
+        code = 2 if type(error).__name__ == "ConfigError" else 1
+        fail(getattr(error, "message", None) or str(error), code=code)
+
+
+# Failures with a message meant for people; anything else is a bug and keeps its traceback.
+_KNOWN = {
+    "ConfigError",
+    "DataError",
+    "SearchError",
+    "StoreError",
+    "RegistryError",
+    "InputError",
+    "MlflowException",
+    "StorageInternalError",
+}
+
+
+def _known(error: BaseException) -> bool:
+    """By class name, so the CLI imports neither MLflow nor TensorFlow to recognise them."""
+    return any(cls.__name__ in _KNOWN for cls in type(error).__mro__)
 
 
 def print_result(result: Any, as_json: bool) -> None:

@@ -3,8 +3,9 @@
 Tasks take and return in-memory values (arrays, a Keras model), so Prefect's input hashing and
 result persistence are off (``NO_CACHE``); prepared data is cached by ``pipeline.data`` itself.
 
-Tasks that write to the MLflow store retry with exponential backoff (a store briefly unavailable,
-a crashed trial); errors that another try cannot fix (bad data, bad config) fail at once.
+Tasks that write to the stores retry transient failures with one bounded backoff; nothing else
+retries underneath (``stores`` turns MLflow's own HTTP retries off), and errors that another try
+cannot fix (bad data, bad config, a permission, a wrong path) fail at once.
 """
 
 from __future__ import annotations
@@ -16,22 +17,27 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
-from pydantic import ValidationError
 
 from pipeline import data, stages
-from pipeline.config import ConfigError, PipelineConfig
-from pipeline.search import SearchError
-from pipeline.stores import StoreError
-
-_PERMANENT = (data.DataError, ConfigError, StoreError, SearchError, ValidationError, TypeError)
+from pipeline.config import PipelineConfig
+from pipeline.stores import is_transient
 
 
 def _transient(task, task_run, state) -> bool:
-    """Retry unless the failure is one that another try cannot fix."""
-    return not isinstance(state.data, _PERMANENT)
+    """Retry only what another try can fix: a store that timed out, answered 5xx or was locked,
+    or dropped the connection mid-run. Bad data, config, a permission or a missing path fail at
+    once, and a store that is down at the start never gets here (``stages.preflight``)."""
+    error = state.data if isinstance(state.data, BaseException) else None
+    if error is None:
+        try:
+            state.result()
+        except BaseException as raised:  # the task's own exception, re-raised by Prefect
+            error = raised
+    return error is not None and is_transient(error)
 
 
-# Cheap store calls retry three times (2, 4, 8 s, ±50 %); training and search once (they are slow).
+# Store calls retry three times (2, 4, 8 s, ±50 %: at most ~21 s); the search and the training do
+# not (a new try of the search would start a new batch of trials; failed trials are the study's).
 STORE_RETRIES: dict[str, Any] = {
     "retries": 3,
     "retry_delay_seconds": exponential_backoff(backoff_factor=2),
@@ -39,13 +45,13 @@ STORE_RETRIES: dict[str, Any] = {
     "retry_condition_fn": _transient,
     "cache_policy": NO_CACHE,
 }
-WORK_RETRIES: dict[str, Any] = {**STORE_RETRIES, "retries": 1}
+ONCE: dict[str, Any] = {"cache_policy": NO_CACHE}
 
 prepare = task(data.prepare, cache_policy=NO_CACHE)
 check_champion = task(stages.check_champion, **STORE_RETRIES)
 record_skipped_run = task(stages.record_skipped_run, **STORE_RETRIES)
-search_hparams = task(stages.search_hparams, **WORK_RETRIES)
-train_final = task(stages.train_final, **WORK_RETRIES)
+search_hparams = task(stages.search_hparams, **ONCE)
+train_final = task(stages.train_final, **ONCE)
 evaluate_model = task(stages.evaluate_model, **STORE_RETRIES)
 log_model = task(stages.log_model, **STORE_RETRIES)
 register_model = task(stages.register_model, **STORE_RETRIES)

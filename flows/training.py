@@ -26,12 +26,12 @@ from flows.tasks import (
     search_hparams,
     train_final,
 )
-from pipeline import stores as store_layer
 from pipeline.config import HParams, PipelineConfig
 from pipeline.data import PreparedData
 from pipeline.registry import ChampionCheck
 from pipeline.search import SearchResult
 from pipeline.stages import RunSummary, pipeline_run, summarize
+from pipeline.stores import preflight
 from pipeline.tracking import RunHandle
 
 
@@ -54,7 +54,7 @@ def training_flow(
     Skips (and records a skipped MLflow run) when the champion was trained on the same data and
     config, unless ``force``. ``mlflow_ui_url`` is where the summary's run link points.
     """
-    stores = store_layer.resolve(config)
+    stores = preflight(config)
     data = prepare(config.data)
     check = check_champion(stores, config, data)
     if check.unchanged and not force:
@@ -75,7 +75,7 @@ def train_flow(
 ) -> RunSummary:
     """Train, evaluate and log one given configuration; register it (and promote it if it beats
     the champion) when ``to_registry``."""
-    stores = store_layer.resolve(config)
+    stores = preflight(config, study=False)
     data = prepare(config.data)
     with pipeline_run(stores, config, data, run_name) as run:
         return _train_to_registry(hparams, data, config, run, to_registry)
@@ -84,7 +84,7 @@ def train_flow(
 @flow(name="imdb-sentiment-search")
 def search_flow(config: PipelineConfig) -> SearchResult:
     """Run (or resume) the Optuna study under a parent run of its own."""
-    stores = store_layer.resolve(config)
+    stores = preflight(config)
     data = prepare(config.data)
     with pipeline_run(stores, config, data, f"search-{config.search.study_name}") as run:
         return search_hparams(data, config, run)

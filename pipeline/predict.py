@@ -176,10 +176,18 @@ class Writer:
             self._stream = self._target.open("w", encoding="utf-8", newline="")
         if self._fmt == "csv":
             frame.to_csv(self._stream, index=False, header=self._header)
-        else:
+        elif len(frame):
             text = frame.to_json(orient="records", lines=True, double_precision=15, force_ascii=False)
             self._stream.write(text if text.endswith("\n") else text + "\n")
         self._header = False
+
+    def finish(self, text_column: str) -> None:
+        """Close the output; with no record at all, still write it: a header-only file (CSV,
+        Parquet) or an empty one (JSONL), so a pipeline reading it finds it."""
+        if self.rows == 0:
+            columns = {text_column: "object", "probability": "float64", "label": "object"}
+            self.write(pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in columns.items()}))
+        self.close()
 
     def _write_parquet(self, frame: pd.DataFrame) -> None:
         import pyarrow as pa
@@ -200,7 +208,7 @@ class Writer:
 
 
 def predict_file(
-    score: Scorer,
+    load_scorer: Callable[[], Scorer],
     source: Path | None,
     target: Path | None,
     *,
@@ -211,14 +219,22 @@ def predict_file(
     progress: bool = True,
 ) -> int:
     """Score every record of ``source`` (lines of ``stdin``, default the process's, when None) into
-    ``target`` (CSV on ``stdout`` when None).
+    ``target`` (CSV on ``stdout`` when None; its folder is created).
 
-    Returns the number of reviews scored. Raises InputError naming the first bad row; a partly
-    written output file is removed.
+    ``load_scorer`` is called once the input exists and both formats are known, so a typo costs no
+    model load. Returns the number of reviews scored. Raises InputError naming a missing input, an
+    unknown format or the first bad row; a partly written output file is removed.
     """
     from tqdm import tqdm
 
-    writer = Writer(target, stdout or sys.stdout)
+    if source is not None and not source.exists():
+        raise InputError(f"input not found: {source}")
+    writer = Writer(target, stdout or sys.stdout)  # checks the output's format
+    if source is not None:
+        file_format(source)
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    score = load_scorer()
     items = records(source, text_column, batch_size, stdin or sys.stdin.buffer)
     bar = tqdm(unit=" reviews", disable=not progress, file=sys.stderr)
     try:
@@ -232,5 +248,5 @@ def predict_file(
         raise
     finally:
         bar.close()
-    writer.close()
+    writer.finish(text_column)
     return writer.rows

@@ -13,7 +13,7 @@ import multiprocessing
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
@@ -27,6 +27,7 @@ from optuna_integration import KerasPruningCallback
 from pipeline.config import HParams, PipelineConfig, SearchConfig, run_params
 from pipeline.data import PreparedData, Split, prepare
 from pipeline.progress import Progress
+from pipeline.signals import raise_on_signals
 from pipeline.train import EpochMetrics, train_model
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,9 @@ def run_search(
     return _result(create_study(cfg, storage), time.perf_counter() - started)
 
 
+_SHOWN = {"pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
+
+
 @contextmanager
 def _watch(study: optuna.Study, target: int, every: float = 1.0) -> Iterator[None]:
     """Show trials done / target and the best value so far while the search runs, read from the
@@ -145,9 +149,8 @@ def _watch(study: optuna.Study, target: int, every: float = 1.0) -> Iterator[Non
         done = [t.value for t in finished if t.state == TrialState.COMPLETE]
         best = max if study.direction.name == "MAXIMIZE" else min
         numbers = {"best": best(done)} if done else {}
-        progress.update(
-            len(finished), numbers | {"pruned": sum(t.state == TrialState.PRUNED for t in finished)}
-        )
+        counts = {name: sum(t.state == state for t in finished) for name, state in _SHOWN.items()}
+        progress.update(len(finished), numbers | counts)
 
     def poll() -> None:
         while not stop.wait(every):
@@ -212,25 +215,61 @@ def _optimize_in_workers(cfg: PipelineConfig, storage: str, trial_tracker: Trial
     workers = cfg.search.workers
     shares = [cfg.search.trials // workers + (i < cfg.search.trials % workers) for i in range(workers)]
     context = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [
-            pool.submit(_worker, cfg, storage, index, share, trial_tracker)
-            for index, share in enumerate(shares)
-            if share
-        ]
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    futures = [
+        pool.submit(_worker, cfg, storage, index, share, trial_tracker, optuna.logging.get_verbosity())
+        for index, share in enumerate(shares)
+        if share
+    ]
+    try:
         for future in futures:
             try:
                 future.result()
             except Exception as error:  # a crashed process, not a failed trial (those are caught)
                 raise SearchError(f"a search worker stopped: {type(error).__name__}: {error}") from error
+    except BaseException:
+        _stop_workers(pool, futures)
+        raise
+    pool.shutdown()
+
+
+def _stop_workers(pool: ProcessPoolExecutor, futures: list[Future], grace: float = 10.0) -> None:
+    """Stop the search: each worker fails its trial and closes its run, then exits; what is still
+    alive after ``grace`` seconds is killed, so a stopped search leaves no process behind.
+
+    Workers in the terminal's process group got Ctrl-C themselves; the others (SIGTERM to this
+    process alone, as Kubernetes sends it) hear it from here, a moment later.
+    """
+    deadline = time.monotonic() + grace
+    processes = list(getattr(pool, "_processes", {}).values())  # the executor keeps no public list
+    if wait(futures, timeout=1.0).not_done:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+    wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+    # Every worker has now closed its trial and run, or overran the grace period: none has
+    # anything left to save (an idle one would only wait for the next trial).
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+        process.join()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _worker(
-    cfg: PipelineConfig, storage: str, index: int, trials: int, trial_tracker: TrialTracker | None
+    cfg: PipelineConfig,
+    storage: str,
+    index: int,
+    trials: int,
+    trial_tracker: TrialTracker | None,
+    verbosity: int = optuna.logging.INFO,
 ) -> None:
-    """One search process: one thread for TensorFlow, prepared data from the cache."""
+    """One search process: one thread for TensorFlow, prepared data from the cache; SIGINT and
+    SIGTERM fail its trial and close its run before it ends."""
     import tensorflow as tf
 
+    raise_on_signals()
+    optuna.logging.set_verbosity(verbosity)  # as quiet as the parent
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     seed = None if cfg.search.seed is None else cfg.search.seed + index  # workers must not repeat trials

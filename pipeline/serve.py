@@ -16,9 +16,11 @@ from __future__ import annotations
 import ast
 import json
 import shutil
+import warnings
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
@@ -34,35 +36,44 @@ _INPUT_EXAMPLE = [
 ]
 
 
-class SentimentModel(mlflow.pyfunc.PythonModel):
-    """pyfunc: DataFrame with a ``text`` column → DataFrame(probability, label)."""
+# MLflow advises type hints on ``predict`` whenever a PythonModel subclass is defined; they would
+# turn on its input conversion, and the untyped ``text`` column is what lets a bad row be named.
+with warnings.catch_warnings():
+    warnings.filterwarnings(
+        "ignore", message=".*Add type hints to the `predict` method", category=UserWarning
+    )
 
-    def load_context(self, context) -> None:
-        import keras
+    class SentimentModel(mlflow.pyfunc.PythonModel):
+        """pyfunc: DataFrame with a ``text`` column → DataFrame(probability, label)."""
 
-        import pipeline.layers  # noqa: F401 (registers the bag-of-bigrams layers with Keras)
-        from pipeline.data import Encoder
+        def load_context(self, context) -> None:
+            import keras
 
-        self._keras = keras.saving.load_model(context.artifacts["keras_model"], compile=False, safe_mode=True)
-        rules = json.loads(Path(context.artifacts["preprocessing"]).read_text())
-        self._encode = Encoder(rules["vocabulary"], rules["max_len"])
-        self._widths = tuple(rules["widths"])
-        self._threshold = float(rules["threshold"])
+            import pipeline.layers  # noqa: F401 (registers the bag-of-bigrams layers with Keras)
+            from pipeline.data import Encoder
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+            self._keras = keras.saving.load_model(
+                context.artifacts["keras_model"], compile=False, safe_mode=True
+            )
+            rules = json.loads(Path(context.artifacts["preprocessing"]).read_text())
+            self._encode = Encoder(rules["vocabulary"], rules["max_len"])
+            self._widths = tuple(rules["widths"])
+            self._threshold = float(rules["threshold"])
 
-        from pipeline.batching import predict_proba
+        def predict(self, context, model_input, params=None) -> pd.DataFrame:
+            from mlflow.exceptions import MlflowException
+            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-        try:
-            texts = review_texts(model_input)
-        except InputError as error:
-            raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
-        x, lengths = self._encode(texts)
-        probability = predict_proba(self._keras, x, lengths, self._widths)
-        label = np.where(probability >= self._threshold, "positive", "negative")
-        return pd.DataFrame({"probability": probability, "label": label})
+            from pipeline.batching import predict_proba
+
+            try:
+                texts = review_texts(model_input)
+            except InputError as error:
+                raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
+            x, lengths = self._encode(texts)
+            probability = predict_proba(self._keras, x, lengths, self._widths)
+            label = np.where(probability >= self._threshold, "positive", "negative")
+            return pd.DataFrame({"probability": probability, "label": label})
 
 
 class InputError(ValueError):
@@ -112,6 +123,19 @@ def load_scorer(model_path: str | Path) -> Callable[[Sequence[str]], pd.DataFram
         return model.predict(pd.DataFrame({TEXT_COLUMN: list(texts)}))
 
     return score
+
+
+def scoring_app(model_path: str | Path, wrap: Callable[[Any], Any] | None = None) -> Any:
+    """MLflow's own scoring app (FastAPI: ``/invocations``, ``/ping``, ``/health``, ``/version``,
+    the contract of ``mlflow models serve``) for the pyfunc in a local folder, loaded once.
+
+    ``wrap`` may put a proxy around the loaded model (it keeps ``predict`` and ``metadata``).
+    Here rather than in ``http_server``: this module is the one that talks to MLflow's pyfunc.
+    """
+    from mlflow.pyfunc import scoring_server
+
+    model = mlflow.pyfunc.load_model(str(model_path))
+    return scoring_server.init(wrap(model) if wrap is not None else model)
 
 
 def save_model(

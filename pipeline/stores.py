@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -105,6 +109,20 @@ class Stores:
             artifact_uri=model_uri, tracking_uri=self.tracking_uri, registry_uri=self.registry_uri
         )
 
+    def check(self, study: bool = True) -> None:
+        """Each store reachable and writable, in seconds: the tracking and registry store, the
+        artifact folder and (with ``study``) the Optuna storage. Raises StoreError naming the
+        store, its URI and the cause. Nothing is retried: a store that is down at the start is
+        a mistake to report, not a blip to wait out."""
+        storage = self.study_storage if study else None  # a missing one is a setting to fix first
+        _check_store("MLflow tracking store", self.tracking_uri)
+        if self.artifact_root is not None and self.artifact_root.startswith("file:"):
+            _check_folder(
+                "MLflow artifact store", self.artifact_root, Path(self.artifact_root.removeprefix("file://"))
+            )
+        if storage is not None:
+            _check_store("Optuna study storage", storage)
+
     def summary(self) -> dict[str, Any]:
         return {
             "tracking_uri": self.tracking_uri,
@@ -124,13 +142,84 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+# One retry layer only: the Prefect tasks' bounded backoff. MLflow's own HTTP client would retry
+# 7 times with 2-minute timeouts underneath it (minutes per failing call).
+_MLFLOW_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+_PROBE_TIMEOUT = 5.0
+
+
+def _check_store(what: str, uri: str) -> None:
+    if uri.startswith(_SQLITE):
+        path = Path(uri.removeprefix(_SQLITE))
+        if path.exists() and not path.is_file():
+            raise StoreError(f"{what} {uri}: {path} is not a file")
+        _check_folder(what, uri, path.parent)
+    elif uri.startswith(("http://", "https://")):
+        _check_http(what, uri)
+    else:
+        _check_database(what, uri)
+
+
+def _check_folder(what: str, uri: str, folder: Path) -> None:
+    """``folder``, or the nearest folder above it that exists, takes new files; nothing is left."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(0, f"{existing} is not a folder")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise StoreError(f"{what} {uri}: cannot write to {folder}: {error.strerror or error}") from None
+
+
+def _check_http(what: str, uri: str) -> None:
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=_PROBE_TIMEOUT) as answer:
+            answer.read(64)
+    except urllib.error.HTTPError as error:
+        raise StoreError(f"{what} {uri}: /health answered {error.code} {error.reason}") from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise StoreError(f"{what} {uri}: cannot connect ({reason})") from None
+
+
+def _check_database(what: str, uri: str) -> None:
+    """A database URL (postgresql://, mysql://): connect once, with a short timeout."""
+    import sqlalchemy
+
+    try:
+        timeout = {"connect_timeout": int(_PROBE_TIMEOUT)} if uri.startswith(("postgresql", "mysql")) else {}
+        engine = sqlalchemy.create_engine(uri, connect_args=timeout)
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT 1"))
+        engine.dispose()
+    except ModuleNotFoundError as error:
+        raise StoreError(f"{what} {uri}: no database driver installed ({error.name})") from None
+    except Exception as error:  # sqlalchemy wraps every driver's errors differently
+        first = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        raise StoreError(f"{what} {uri}: cannot connect ({first})") from None
+
+
+def _make_folder(what: str, uri: str, folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StoreError(f"{what} {uri}: cannot create {folder}: {error.strerror or error}") from None
+
+
 def resolve(cfg: PipelineConfig) -> Stores:
     """The stores ``cfg`` points at, local folders created.
 
     Defaults: the embedded SQLite store under ``mlruns/``, its artifacts in ``mlruns/artifacts``
     and the Optuna study in ``mlruns/optuna.db``. With any other tracking URI, artifacts go where
     the server says unless ``tracking.artifact_root`` is given, and the study storage must be given.
+    Raises StoreError when a local folder cannot be created. Also bounds MLflow's HTTP retries for
+    this process (unless set in the environment): see ``_MLFLOW_HTTP``.
     """
+    for name, value in _MLFLOW_HTTP.items():
+        os.environ.setdefault(name, value)
     tracking_uri = _absolute_sqlite(cfg.tracking.tracking_uri or f"{_SQLITE}{DEFAULT_STORE / 'mlflow.db'}")
     local_folder = (
         Path(tracking_uri.removeprefix(_SQLITE)).parent if tracking_uri.startswith(_SQLITE) else None
@@ -138,12 +227,24 @@ def resolve(cfg: PipelineConfig) -> Stores:
     artifact_root = cfg.tracking.artifact_root
     study_storage = cfg.search.storage and _absolute_sqlite(cfg.search.storage)
     if local_folder is not None:
-        local_folder.mkdir(parents=True, exist_ok=True)
+        _make_folder("MLflow tracking store", tracking_uri, local_folder)
         artifact_root = artifact_root or (local_folder / "artifacts").as_uri()
         study_storage = study_storage or f"{_SQLITE}{local_folder / 'optuna.db'}"
     if study_storage is not None and study_storage.startswith(_SQLITE):
-        Path(study_storage.removeprefix(_SQLITE)).parent.mkdir(parents=True, exist_ok=True)
+        _make_folder("Optuna study storage", study_storage, Path(study_storage.removeprefix(_SQLITE)).parent)
     return Stores(tracking_uri, tracking_uri, artifact_root, study_storage)
+
+
+def preflight(cfg: PipelineConfig, study: bool = True) -> Stores:
+    """Everything that can be checked before any work, in seconds and without importing the heavy
+    libraries: the dataset exists and every store is reachable and writable (with ``study``, the
+    Optuna storage too). Returns the stores. Raises StoreError naming the path or store at fault.
+    """
+    if not cfg.data.path.exists():
+        raise StoreError(f"dataset not found: {cfg.data.path}")
+    stores = resolve(cfg)
+    stores.check(study=study)
+    return stores
 
 
 def _absolute_sqlite(uri: str) -> str:
@@ -151,3 +252,36 @@ def _absolute_sqlite(uri: str) -> str:
     if not uri.startswith(_SQLITE):
         return uri
     return f"{_SQLITE}{Path(uri.removeprefix(_SQLITE)).expanduser().resolve()}"
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether another try of a store call may succeed: a timeout, a 5xx, a locked database, a
+    connection dropped mid-run. Never a permission, a wrong path or a bad request."""
+    from mlflow.exceptions import MlflowException
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import OperationalError
+
+    if isinstance(error, (TimeoutError, ConnectionError)):
+        return True
+    if isinstance(error, MlflowException) and error.get_http_status_code() >= 500:
+        text = str(error).lower()
+        return any(sign in text for sign in _TRANSIENT) or error.error_code in _TRANSIENT_CODES
+    text = str(error).lower()
+    return isinstance(error, (StorageInternalError, OperationalError)) and any(
+        sign in text for sign in _TRANSIENT
+    )
+
+
+_TRANSIENT = (
+    "database is locked",
+    "timed out",
+    "timeout",
+    "connection refused",
+    "connection reset",
+    "temporarily unavailable",
+    "too many requests",
+    "503",
+    "502",
+    "504",
+)
+_TRANSIENT_CODES = ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED")

@@ -10,6 +10,7 @@ Runs never stay RUNNING: each ends FINISHED, FAILED with its reason, or as its o
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
@@ -104,21 +105,33 @@ def experiment_id(client: MlflowClient, stores: Stores, name: str) -> str:
 def open_run(
     stores: Stores, experiment_name: str, run_name: str, tags: Mapping[str, str]
 ) -> Iterator[RunHandle]:
-    """A run that always ends: FINISHED, or FAILED with the reason tagged, unless its owner ended
-    it already (``RunHandle.end``)."""
+    """A run that always ends: FINISHED, FAILED with the reason tagged, or KILLED when the process
+    is interrupted (Ctrl-C, SIGTERM), unless its owner ended it already (``RunHandle.end``)."""
     client = stores.mlflow_client()
     exp_id = experiment_id(client, stores, experiment_name)
     run = client.create_run(exp_id, run_name=run_name, tags={MLFLOW_RUN_NAME: run_name, **tags})
     handle = RunHandle(client, run.info.run_id, exp_id, stores)
     try:
         yield handle
-    except BaseException as error:
+    except Exception as error:
         if not handle.ended:
             reason = f"{type(error).__name__}: {error}"[:5000]
             handle.end(RunStatus.to_string(RunStatus.FAILED), {"outcome": "failed", "failure_reason": reason})
         raise
+    except BaseException as stopped:  # Ctrl-C, SIGTERM (Prefect's TerminationSignal), exit: not broken
+        if not handle.ended:
+            handle.kill({"outcome": "interrupted", "failure_reason": _stop_reason(stopped)})
+        raise
     if not handle.ended:
         handle.end(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def _stop_reason(stopped: BaseException) -> str:
+    """``interrupted by SIGTERM``: what stopped the run, however the signal was wrapped."""
+    signum = getattr(stopped, "signum", None) or getattr(stopped, "signal", None)
+    if isinstance(signum, int):
+        return f"interrupted by {signal.Signals(signum).name}"
+    return str(stopped) or f"interrupted ({type(stopped).__name__})"
 
 
 @contextmanager

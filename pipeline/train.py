@@ -20,6 +20,7 @@ from pipeline.config import JIT_MIN_REVIEW_EPOCHS, HParams, TrainConfig
 from pipeline.data import PreparedData, Split
 from pipeline.model import build_bigram_model, build_model
 from pipeline.progress import Progress
+from pipeline.signals import deferred, raise_if_stopped
 
 
 class TrainingDiverged(RuntimeError):
@@ -52,6 +53,17 @@ class EpochMetrics(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         metrics = {self._prefix + k: v for k, v in (logs or {}).items() if k != "learning_rate"}
         self._log(metrics, epoch + 1)
+
+
+class _StopOnSignal(keras.callbacks.Callback):
+    """Ctrl-C or SIGTERM during ``fit`` stops it at the next batch end, from Python: an exception
+    raised inside TensorFlow's own calls can be swallowed or leave its graph half-built."""
+
+    def on_train_batch_end(self, batch, logs=None) -> None:
+        raise_if_stopped()
+
+    def on_test_batch_end(self, batch, logs=None) -> None:
+        raise_if_stopped()
 
 
 class _EpochProgress(keras.callbacks.Callback):
@@ -101,14 +113,15 @@ def fit(
     epochs = epochs or cfg.epochs
     shown = [_EpochProgress(progress, epochs)] if progress else []
     started = time.perf_counter()
-    history = model.fit(
-        train_batches,
-        validation_data=val_batches,
-        epochs=epochs,
-        callbacks=[keras.callbacks.TerminateOnNaN(), stopper, *callbacks, *shown],
-        shuffle=False,  # the batches are shuffled already, within and across length buckets
-        verbose=0,
-    ).history
+    with deferred():
+        history = model.fit(
+            train_batches,
+            validation_data=val_batches,
+            epochs=epochs,
+            callbacks=[_StopOnSignal(), keras.callbacks.TerminateOnNaN(), stopper, *callbacks, *shown],
+            shuffle=False,  # the batches are shuffled already, within and across length buckets
+            verbose=0,
+        ).history
     seconds = time.perf_counter() - started
     losses = history.get("loss", [])
     if not losses or not all(math.isfinite(v) for v in losses):

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -168,3 +173,53 @@ def test_config_show_prints_a_config_file_that_loads_back_the_same(tmp_path, mon
 
     cfg = load_config(config_file=saved)
     assert cfg.data.max_len == 123 and cfg.search.trials == 9
+
+
+def _one_line_error(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("store", "expected"),
+    [
+        ("http://127.0.0.1:9", "MLflow tracking store http://127.0.0.1:9: cannot connect"),
+        ("sqlite:///{tmp}/a-file/mlruns/mlflow.db", "cannot create {tmp}/a-file/mlruns: Not a directory"),
+    ],
+    ids=["closed port", "path under a regular file"],
+)
+def test_a_dead_store_fails_in_seconds_with_one_line_and_writes_nothing(tmp_path, store, expected):
+    (tmp_path / "a-file").write_text("not a folder")
+    store, expected = store.format(tmp=tmp_path), expected.format(tmp=tmp_path)
+    started = time.monotonic()
+    result = runner.invoke(app, ["run", "--tracking-uri", store, "--storage", f"sqlite:///{tmp_path}/o.db"])
+    assert time.monotonic() - started < 30
+    assert result.exit_code == 1
+    assert expected in _one_line_error(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_an_unwritable_store_folder_is_named(tmp_path):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported here")
+    try:
+        result = runner.invoke(app, ["run", "--tracking-uri", f"sqlite:///{folder}/mlflow.db"])
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    assert result.exit_code == 1
+    line = _one_line_error(result)
+    assert f"MLflow tracking store sqlite:///{folder}/mlflow.db: cannot write to {folder}" in line
+    assert not any(folder.iterdir())
+
+
+def test_a_missing_dataset_fails_in_under_two_seconds(tmp_path):
+    missing = tmp_path / "aclImdb_v1.tar.gz"
+    command = [str(Path(sys.executable).parent / "sentiment"), "run", "--data", str(missing)]
+    started = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - started < 2
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"error: dataset not found: {missing}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +123,35 @@ def test_an_unknown_model_exits_non_zero_naming_it(registered):
     )
     assert result.exit_code == 1
     assert "no-such-model" in result.output
+
+
+def test_empty_input_writes_a_header_only_file_into_a_new_folder(registered, tmp_path):
+    source = tmp_path / "empty.csv"
+    source.write_text("text\n")
+    target = tmp_path / "new" / "folder" / "scored.csv"
+    result = runner.invoke(
+        app,
+        ["predict", "--input", str(source), "--output", str(target), "--no-progress", *_store(registered)],
+    )
+    assert result.exit_code == 0, result.output
+    assert "scored 0 reviews" in result.output
+    assert target.read_text().strip() == "text,probability,label"
+
+
+def test_a_missing_input_fails_in_one_line_before_the_model_is_loaded(registered, tmp_path):
+    missing = tmp_path / "nowhere.csv"
+    started = time.monotonic()
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            "--input",
+            str(missing),
+            "--model",
+            "models:/no-such-model@champion",
+            *_store(registered),
+        ],
+    )
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: input not found: {missing}"  # not the unknown model
+    assert time.monotonic() - started < 5

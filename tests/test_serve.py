@@ -1,6 +1,15 @@
-"""The champion over HTTP (`mlflow models serve`): raw reviews in, the in-process answers out."""
+"""The champion over HTTP (`sentiment serve`, MLflow's scoring app behind limits): raw reviews in,
+the in-process answers out; hostile requests get short 4xx/503 answers and leave memory as it was."""
 
 from __future__ import annotations
+
+import http.client
+import json
+import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
@@ -38,8 +47,8 @@ def registered(tmp_path_factory, sample_data):
 @pytest.fixture(scope="module")
 def server(registered, tmp_path_factory):
     log_file = tmp_path_factory.mktemp("serve-log") / "server.log"
-    with model_server(registered.champion_uri, registered.cfg.tracking.tracking_uri, log_file) as url:
-        yield url
+    with model_server(registered.champion_uri, registered.cfg.tracking.tracking_uri, log_file) as running:
+        yield running.url
 
 
 @pytest.mark.integration
@@ -136,3 +145,179 @@ def test_sentiment_serve_starts_the_scoring_server_for_the_champion(registered, 
     expected = registered.score_in_process(REVIEWS[:2])["probability"]
     np.testing.assert_allclose(pd.DataFrame(body["predictions"])["probability"], expected, atol=1e-6, rtol=0)
     assert f"serving {registered.champion_uri}" in log_file.read_text()
+
+
+# --- limits: a server with small ones, and the hostile requests of the issue, scaled down ----------
+
+LIMITS = {"max_body_bytes": 65_536, "max_reviews": 50, "max_review_chars": 1000, "max_concurrency": 2}
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def limited(registered, tmp_path_factory):
+    """``sentiment serve`` with LIMITS: yields (url, process id)."""
+    log_file = tmp_path_factory.mktemp("limited-log") / "server.log"
+    tracking_uri = registered.cfg.tracking.tracking_uri
+    with model_server(registered.champion_uri, tracking_uri, log_file, **LIMITS) as running:
+        yield running
+
+
+def raw_post(url: str, body: bytes | Iterable[bytes], headers: dict[str, str]) -> tuple[int, dict, bytes]:
+    """POST exactly these headers (no Content-Type unless given); an iterable body goes chunked."""
+    address = urlparse(url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+    try:
+        connection.request("POST", "/invocations", body, headers)
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def reviews(registered, count: int, chars: int = 900) -> list[str]:
+    """``count`` real test reviews of at most ``chars`` characters: 50 make a body under 64 KiB."""
+    texts = registered.data.test_texts
+    return [texts[i % len(texts)][:chars] for i in range(count)]
+
+
+def over_the_limit(url: str) -> list[int]:
+    """A body one byte over the limit (Content-Length), a 1 MB one, and a chunked one."""
+    limit = LIMITS["max_body_bytes"]
+    chunks = (b" " * 16_384 for _ in range(limit // 16_384 + 2))
+    bodies: list[bytes | Iterable[bytes]] = [b" " * (limit + 1), b" " * 1_000_000, chunks]
+    return [raw_post(f"{url}/invocations", body, JSON_HEADERS)[0] for body in bodies]
+
+
+def burst(url: str, payloads: list[dict]) -> list[tuple[int, dict, bytes]]:
+    """The payloads sent together, one client each (127.0.0.1)."""
+    start = threading.Barrier(len(payloads))
+
+    def one(payload: dict) -> tuple[int, dict, bytes]:
+        start.wait(timeout=30)
+        return raw_post(f"{url}/invocations", json.dumps(payload).encode(), JSON_HEADERS)
+
+    with ThreadPoolExecutor(len(payloads)) as pool:
+        return list(pool.map(one, payloads))
+
+
+def bad_row_batch(registered, row: int) -> dict:
+    texts: list[str | None] = list(reviews(registered, LIMITS["max_reviews"]))
+    texts[row] = None
+    return {"inputs": texts}
+
+
+@pytest.mark.integration
+def test_a_body_over_the_limit_gets_413_naming_the_limit(limited):
+    assert over_the_limit(limited.url) == [413, 413, 413]
+    status, _, body = raw_post(f"{limited.url}/invocations", b" " * 65_537, JSON_HEADERS)
+    assert status == 413
+    assert "65536" in json.loads(body)["message"] and "max_body_bytes" in json.loads(body)["message"]
+
+
+@pytest.mark.integration
+def test_more_reviews_than_the_limit_get_413(registered, limited):
+    status, answer = post_json(f"{limited.url}/invocations", {"inputs": ["fine"] * 51})
+    assert status == 413 and "max_reviews" in answer["message"]
+    rows = {"dataframe_split": {"columns": ["text"], "data": [["fine"]] * 51}}
+    assert post_json(f"{limited.url}/invocations", rows)[0] == 413
+    assert post_json(f"{limited.url}/invocations", {"inputs": reviews(registered, 50)})[0] == 200
+
+
+@pytest.mark.integration
+def test_a_request_without_content_type_is_read_as_json(registered, limited):
+    status, _, body = raw_post(f"{limited.url}/invocations", json.dumps({"inputs": REVIEWS[:2]}).encode(), {})
+    assert status == 200, body
+    expected = registered.score_in_process(REVIEWS[:2])["probability"]
+    answer = pd.DataFrame(json.loads(body)["predictions"])["probability"]
+    np.testing.assert_allclose(answer, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.integration
+def test_a_bad_row_in_a_big_batch_gets_a_short_400_naming_it(registered, limited):
+    payload = bad_row_batch(registered, row=37)
+    status, _, body = raw_post(f"{limited.url}/invocations", json.dumps(payload).encode(), JSON_HEADERS)
+    assert status == 400
+    assert len(body) < 1024, body[:300]
+    assert "row 37" in json.loads(body)["message"]
+    text = body.decode()
+    assert not any(word in text for word in ("Traceback", "stack_trace", ".py", "/site-packages", "Failed"))
+    assert not any(review[:40] in text for review in payload["inputs"] if review)
+
+
+@pytest.mark.integration
+def test_a_burst_beyond_max_concurrency_gets_503_and_nothing_else_fails(registered, limited):
+    texts = reviews(registered, 50)
+    answers = burst(limited.url, [{"inputs": texts[i:] + texts[:i]} for i in range(12)])
+    statuses = [status for status, _, _ in answers]
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses.count(503) >= 1 and statuses.count(200) >= 1, statuses
+    expected = registered.score_in_process(texts)["probability"].to_numpy()
+    for i, (status, _, body) in enumerate(answers):  # scored together or alone: its own rows back
+        if status == 200:
+            scored = pd.DataFrame(json.loads(body)["predictions"])["probability"]
+            np.testing.assert_allclose(scored, np.roll(expected, -i), atol=1e-6, rtol=0)
+    busy = [(headers, body) for status, headers, body in answers if status == 503]
+    assert all(
+        "retry-after" in map(str.lower, headers) and b"max_concurrency" in body for headers, body in busy
+    )
+
+
+@pytest.mark.integration
+def test_a_long_review_scores_like_its_last_max_review_chars_characters(registered, limited):
+    long_review = " ".join(registered.data.test_texts)[:5000]
+    status, answer = post_json(f"{limited.url}/invocations", {"inputs": [long_review, "fine"]})
+    assert status == 200, answer
+    expected = registered.score_in_process([long_review[-LIMITS["max_review_chars"] :], "fine"])
+    answer_frame = pd.DataFrame(answer["predictions"])
+    np.testing.assert_allclose(answer_frame["probability"], expected["probability"], atol=1e-6, rtol=0)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of ``pid`` and every process below it (uvicorn's workers), in KiB."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # the field after the name
+        except (OSError, ValueError):  # gone meanwhile
+            continue
+        parents.setdefault(parent, []).append(int(stat.parent.name))
+    tree, pending = [pid], [pid]
+    while pending:
+        children = parents.get(pending.pop(), [])
+        tree += children
+        pending += children
+    total = 0
+    for member in tree:
+        status = Path(f"/proc/{member}/status").read_text()
+        total += int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
+    return total
+
+
+@pytest.mark.integration
+def test_memory_returns_near_its_warm_size_after_hostile_requests(registered, limited):
+    invocations = f"{limited.url}/invocations"
+    for text in REVIEWS[:3]:
+        assert post_json(invocations, {"inputs": [text[:1000]]})[0] == 200
+    assert post_json(invocations, {"inputs": reviews(registered, 50)})[0] == 200
+    warm = rss_kib(limited.pid)
+
+    assert over_the_limit(limited.url) == [413, 413, 413]
+    no_type = raw_post(invocations, json.dumps({"inputs": reviews(registered, 50)}).encode(), {})
+    assert no_type[0] == 200
+    assert post_json(invocations, bad_row_batch(registered, row=3))[0] == 400
+    assert {status for status, _, _ in burst(limited.url, [bad_row_batch(registered, 9)] * 12)} <= {400, 503}
+
+    after = rss_kib(limited.pid)
+    assert after <= 1.10 * warm, f"RSS {after} KiB after the hostile requests, {warm} KiB warm"
+    assert post_json(invocations, {"inputs": ["Still answering after all that?"]})[0] == 200
+
+
+@pytest.mark.integration
+def test_concurrent_requests_scored_together_each_get_their_own_answers(registered, server):
+    texts = reviews(registered, 30, chars=3000)  # several length buckets
+    payloads = [{"inputs": texts[i:] + texts[:i]} for i in range(6)]  # max_concurrency 8: all admitted
+    expected = registered.score_in_process(texts)["probability"].to_numpy()
+    for i, (status, _, body) in enumerate(burst(server, payloads)):
+        assert status == 200, body[:300]
+        scored = pd.DataFrame(json.loads(body)["predictions"])["probability"]
+        np.testing.assert_allclose(scored, np.roll(expected, -i), atol=1e-6, rtol=0)
