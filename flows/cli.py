@@ -60,7 +60,7 @@ def champion_uri(cfg) -> str:
 
 @app.command()
 @config_options(*TRAINING)
-def run(cfg, verbose: bool, force: Force = False, as_json: Json = False) -> None:
+def run(cfg, force: Force = False, as_json: Json = False) -> None:
     """The whole pipeline as a Prefect flow: prep, search, final training, evaluation, registry.
 
     Skips (recording a skipped MLflow run) when the champion was trained on the same data and
@@ -78,7 +78,7 @@ def run(cfg, verbose: bool, force: Force = False, as_json: Json = False) -> None
 
 @app.command()
 @config_options("data")
-def prepare(cfg, verbose: bool) -> None:
+def prepare(cfg) -> None:
     """Read, split and encode the dataset (or load it from the cache); print sizes and balance."""
     from pipeline.data import prepare as prepare_data
 
@@ -89,7 +89,7 @@ def prepare(cfg, verbose: bool) -> None:
 
 @app.command()
 @config_options(*TRAINING)
-def search(cfg, verbose: bool) -> None:
+def search(cfg) -> None:
     """Run (or resume) the Optuna study only, one MLflow child run per trial; print the best."""
     from pipeline.stores import preflight
 
@@ -106,7 +106,6 @@ def search(cfg, verbose: bool) -> None:
 @config_options(*TRAINING, hparams=True)
 def train(
     cfg,
-    verbose: bool,
     hparams_overrides: dict[str, Any],
     preset: Preset = None,
     best_of: BestOf = None,
@@ -142,7 +141,6 @@ def presets() -> None:
 @config_options(*TRAINING)
 def schedule(
     cfg,
-    verbose: bool,
     name: Annotated[str, typer.Option(help="deployment name")] = "scheduled-retraining",
     cron: Annotated[str, typer.Option(help="cron schedule (default: Mondays 03:00)")] = "0 3 * * 1",
     timezone: Annotated[str, typer.Option(help="IANA time zone of --cron")] = "UTC",
@@ -160,7 +158,7 @@ def schedule(
 
 @app.command()
 @config_options("serve", "tracking")
-def serve(cfg, verbose: bool, model: ModelArg = None) -> None:
+def serve(cfg, model: ModelArg = None) -> None:
     """Serve a registered model over HTTP (MLflow's scoring app: POST /invocations), within limits."""
     from pipeline.http_server import serve_model
     from pipeline.stores import resolve
@@ -175,7 +173,6 @@ def serve(cfg, verbose: bool, model: ModelArg = None) -> None:
 @config_options("tracking")
 def predict(
     cfg,
-    verbose: bool,
     input: Input = "-",
     output: Output = None,
     model: ModelOpt = None,
@@ -198,7 +195,6 @@ def predict(
 @config_options("tracking")
 def promote(
     cfg,
-    verbose: bool,
     reason: Reason,
     version: Annotated[str, typer.Argument(help="the version to make champion")],
 ) -> None:
@@ -212,7 +208,7 @@ def promote(
 
 @app.command()
 @config_options("tracking")
-def rollback(cfg, verbose: bool, reason: Reason, version: Restore = None) -> None:
+def rollback(cfg, reason: Reason, version: Restore = None) -> None:
     """Move the champion alias back to the previous champion (or --version), recording the reason."""
     from pipeline import registry
     from pipeline.stores import resolve
@@ -223,7 +219,7 @@ def rollback(cfg, verbose: bool, reason: Reason, version: Restore = None) -> Non
 
 @config_app.command("show")
 @config_options(*TRAINING, "serve")
-def config_show(cfg, verbose: bool, as_json: Json = False) -> None:
+def config_show(cfg, as_json: Json = False) -> None:
     """Print the resolved config (options > SENTIMENT_* variables > --config file > defaults);
     the YAML form is itself a valid --config file."""
     import yaml

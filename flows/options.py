@@ -148,8 +148,9 @@ _COMMON = [
 
 
 def config_options(*sections: str, hparams: bool = False) -> Callable[[Callable], Callable]:
-    """Give a command one option per field of ``sections`` and call it with ``cfg``, ``verbose``
-    and, with ``hparams``, ``hparams_overrides`` (the ``HParams`` fields given as options)."""
+    """Give a command one option per field of ``sections`` (plus ``--config`` and ``--verbose``)
+    and call it with ``cfg`` and, with ``hparams``, ``hparams_overrides`` (the ``HParams`` fields
+    given as options), inside the signal handling and the one-line error reporting."""
 
     def decorate(command: Callable) -> Callable:
         own = [
@@ -165,14 +166,15 @@ def config_options(*sections: str, hparams: bool = False) -> Callable[[Callable]
             overrides = {
                 leaf: value for name, (leaf, _) in models.items() if (value := kwargs.pop(name)) is not None
             }
-            configure_output(kwargs["verbose"])
+            verbose = kwargs.pop("verbose")
+            configure_output(verbose)
             try:
                 cfg = load_config(options, kwargs.pop("config_file"), sections)
             except ConfigError as error:
                 fail(str(error), code=2)
             extra = {"hparams_overrides": overrides} if hparams else {}
             with stop_on_signals():
-                return guarded(lambda: command(cfg=cfg, **kwargs, **extra), kwargs["verbose"])
+                return guarded(lambda: command(cfg=cfg, **kwargs, **extra), verbose)
 
         parameters = [*own, *_COMMON, *(p for _, p in fields.values()), *(p for _, p in models.values())]
         wrapper.__signature__ = inspect.Signature(parameters)

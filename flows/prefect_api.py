@@ -26,6 +26,7 @@ from prefect.settings import (
 )
 
 from pipeline.http_server import free_port
+from pipeline.signals import stop
 
 
 @contextmanager
@@ -53,12 +54,7 @@ def prefect_api() -> Iterator[str]:
             yield url
     finally:
         _flush_logs()
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server, grace=10)
 
 
 def _wait_until_healthy(url: str, server: subprocess.Popen, timeout: float) -> None:

@@ -179,7 +179,10 @@ class ServeConfig(_Frozen):
         description="characters kept per review, from its end (the model reads only its last max_len tokens)",
     )
     max_concurrency: int = Field(
-        8, ge=1, description="requests scored at once per server process; more get 503"
+        32,
+        ge=1,
+        description="requests being read or scored at once per server process (scored together "
+        "in one model call); more get 503",
     )
 
 

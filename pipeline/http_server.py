@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from pipeline.config import ServeConfig, flag
+from pipeline.signals import stop
 
 log = logging.getLogger(__name__)
 
@@ -572,12 +573,7 @@ def model_server(
             wait_for_ping(url, process, log_file, startup_timeout)
             yield Server(url, process.pid)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process, grace=30)
 
 
 def wait_for_ping(url: str, process: subprocess.Popen, log_file: Path, timeout: float) -> None:

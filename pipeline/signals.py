@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -106,6 +107,16 @@ def raise_on_signals() -> None:
 
     for signum in SIGNALS:
         signal.signal(signum, handle)
+
+
+def stop(process: subprocess.Popen, grace: float) -> None:
+    """SIGTERM ``process``, SIGKILL it if it is still alive after ``grace`` seconds; reap it."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def descendants(pid: int | None = None) -> list[int]:

@@ -315,7 +315,9 @@ def test_memory_returns_near_its_warm_size_after_hostile_requests(registered, li
 @pytest.mark.integration
 def test_concurrent_requests_scored_together_each_get_their_own_answers(registered, server):
     texts = reviews(registered, 30, chars=3000)  # several length buckets
-    payloads = [{"inputs": texts[i:] + texts[:i]} for i in range(6)]  # max_concurrency 8: all admitted
+    payloads = [
+        {"inputs": texts[i:] + texts[:i]} for i in range(6)
+    ]  # under the default max_concurrency: all admitted
     expected = registered.score_in_process(texts)["probability"].to_numpy()
     for i, (status, _, body) in enumerate(burst(server, payloads)):
         assert status == 200, body[:300]
