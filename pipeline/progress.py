@@ -1,13 +1,15 @@
 """Progress of long stages: one updating line on a terminal, plain lines in logs.
 
 On a terminal, tqdm draws a bar on stderr (done/total, rate, ETA, and the stage's latest numbers);
-elsewhere (a log file, Prefect, CI) each step is one ``logging`` line instead of ``\\r`` updates.
+elsewhere (a log file, Prefect, CI) each step is one ``logging`` line instead of ``\\r`` updates,
+with the same numbers and an estimate of the time left.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +29,7 @@ class Progress:
             else None
         )
         self.done = 0
+        self._started = time.monotonic()
 
     def update(self, done: int, numbers: Mapping[str, Any] | None = None) -> None:
         shown = {key: _short(value) for key, value in (numbers or {}).items()}
@@ -34,14 +37,9 @@ class Progress:
             self._bar.set_postfix(shown, refresh=False)
             self._bar.update(done - self.done)
         elif done != self.done:
-            log.info(
-                "%s: %s %d/%d %s",
-                self.label,
-                self.unit,
-                done,
-                self.total,
-                " ".join(f"{k}={v}" for k, v in shown.items()),
-            )
+            eta = (time.monotonic() - self._started) / done * (self.total - done) if done else 0.0
+            numbers_text = " ".join(f"{k}={v}" for k, v in shown.items())
+            log.info("%s: %s %d/%d %s eta=%.0fs", self.label, self.unit, done, self.total, numbers_text, eta)
         self.done = done
 
     def close(self) -> None:
