@@ -17,7 +17,8 @@ import ast
 import json
 import shutil
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -38,10 +39,24 @@ _INPUT_EXAMPLE = [
 
 # MLflow advises type hints on ``predict`` whenever a PythonModel subclass is defined; they would
 # turn on its input conversion, and the untyped ``text`` column is what lets a bad row be named.
-with warnings.catch_warnings():
-    warnings.filterwarnings(
-        "ignore", message=".*Add type hints to the `predict` method", category=UserWarning
-    )
+@contextmanager
+def _without_type_hint_advice() -> Iterator[None]:
+    """Drop that one advice while the class is defined or saved. MLflow shows it through its own
+    ``simplefilter("once")``, which outranks any filter set here, so it is dropped at display."""
+    show = warnings.showwarning
+
+    def quiet(message, *args, **kwargs) -> None:
+        if "Add type hints to the `predict` method" not in str(message):
+            show(message, *args, **kwargs)
+
+    warnings.showwarning = quiet
+    try:
+        yield
+    finally:
+        warnings.showwarning = show
+
+
+with _without_type_hint_advice():
 
     class SentimentModel(mlflow.pyfunc.PythonModel):
         """pyfunc: DataFrame with a ``text`` column → DataFrame(probability, label)."""
@@ -164,15 +179,16 @@ def save_model(
     code.mkdir(parents=True, exist_ok=True)
     for module in serving_modules():
         shutil.copy(_PACKAGE / module, code / module)
-    mlflow.pyfunc.save_model(
-        folder,
-        python_model=SentimentModel(),
-        artifacts={"keras_model": str(keras_path), "preprocessing": str(rules_path)},
-        code_paths=[str(code)],
-        signature=_signature(),
-        input_example=pd.DataFrame({TEXT_COLUMN: _INPUT_EXAMPLE}),
-        pip_requirements=_requirements(),
-    )
+    with _without_type_hint_advice():  # given again when the model is saved
+        mlflow.pyfunc.save_model(
+            folder,
+            python_model=SentimentModel(),
+            artifacts={"keras_model": str(keras_path), "preprocessing": str(rules_path)},
+            code_paths=[str(code)],
+            signature=_signature(),
+            input_example=pd.DataFrame({TEXT_COLUMN: _INPUT_EXAMPLE}),
+            pip_requirements=_requirements(),
+        )
     shutil.rmtree(staging)
     return folder
 
