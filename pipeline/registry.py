@@ -374,12 +374,14 @@ def _require_version(client: MlflowClient, name: str, version: str) -> None:
 
 
 def _ensure_registered_model(client: MlflowClient, name: str, tracking_uri: str) -> None:
+    """Create the registered model, or refresh its card; another process creating it at the same
+    moment is fine."""
     try:
-        client.get_registered_model(name)
-    except MlflowException:
         client.create_registered_model(name, description=model_card(name, tracking_uri))
-        return
-    client.update_registered_model(name, description=model_card(name, tracking_uri))
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        client.update_registered_model(name, description=model_card(name, tracking_uri))
 
 
 def pipeline_version() -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -94,11 +95,17 @@ def _param_value(value: Any) -> str:
 
 
 def experiment_id(client: MlflowClient, stores: Stores, name: str) -> str:
-    """The experiment's id, creating it with its artifacts where the stores say."""
+    """The experiment's id, creating it with its artifacts where the stores say. Two processes
+    creating it at once (search workers, pipeline runs) both get the one that was created."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=stores.experiment_artifact_location(name))
+    try:
+        return client.create_experiment(name, artifact_location=stores.experiment_artifact_location(name))
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
 
 
 @contextmanager

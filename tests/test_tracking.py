@@ -74,3 +74,17 @@ def test_a_run_links_to_its_page_in_the_ui(stores):
         pass
     assert run.link() == f"http://127.0.0.1:5000/#/experiments/{run.experiment_id}/runs/{run.run_id}"
     assert run.link("https://mlflow.example/").startswith("https://mlflow.example/#/experiments/")
+
+
+def test_an_experiment_created_by_another_process_in_between_is_used(stores):
+    """The race of two workers creating the experiment: the loser gets the winner's."""
+    created_elsewhere = stores.mlflow_client().create_experiment("raced")
+    client = stores.mlflow_client()
+    looked_up = []
+
+    def not_there_yet(name):  # the state the loser saw just before the winner created it
+        looked_up.append(name)
+        return None if len(looked_up) == 1 else type(client).get_experiment_by_name(client, name)
+
+    client.get_experiment_by_name = not_there_yet
+    assert tracking.experiment_id(client, stores, "raced") == created_elsewhere
