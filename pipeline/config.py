@@ -126,6 +126,12 @@ class SearchConfig(_Frozen):
     )
     seed: int | None = Field(42, description="seed of the Optuna sampler and of --subset's draw")
     workers: int = Field(1, ge=1, le=8, description="trials run side by side, one process each")
+    heartbeat_seconds: int = Field(
+        60,
+        ge=1,
+        description="a running trial's heartbeat; one silent for 3 heartbeats (its process was "
+        "killed) is failed, retried once and its MLflow run closed KILLED",
+    )
 
     @field_validator("cells")
     @classmethod

@@ -488,7 +488,13 @@ curl -s 127.0.0.1:5001/invocations -H 'Content-Type: application/json' \\
 # --- scheduled retraining: is the champion already trained on this data and config? -------
 
 # Where things live, not what is trained: a moved cache or store does not call for retraining.
-_PLACE_PARAMS = ("data.path", "data.cache_dir", "search.storage", "search.workers")
+_PLACE_PARAMS = (
+    "data.path",
+    "data.cache_dir",
+    "search.storage",
+    "search.workers",
+    "search.heartbeat_seconds",
+)
 _PLACE_PREFIXES = ("tracking.",)
 
 

@@ -12,16 +12,18 @@ import logging
 import multiprocessing
 import threading
 import time
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import keras
 import numpy as np
 import optuna
-from optuna.trial import TrialState
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
 from optuna_integration import KerasPruningCallback
 
 from pipeline.config import HParams, PipelineConfig, SearchConfig, run_params
@@ -32,8 +34,14 @@ from pipeline.train import EpochMetrics, train_model
 
 log = logging.getLogger(__name__)
 
-# Opens a tracked run for (trial number, params); pickles into worker processes.
-TrialTracker = Callable[[int, dict[str, Any]], AbstractContextManager[Any]]
+
+class TrialTracker(Protocol):
+    """Opens a tracked run for (trial number, params) and closes those of dead trials; pickles
+    into worker processes (``tracking.TrialTracker``)."""
+
+    def __call__(self, number: int, params: dict[str, Any]) -> AbstractContextManager[Any]: ...
+
+    def close_stale(self, number: int, reason: str) -> None: ...
 
 
 class SearchError(RuntimeError):
@@ -65,13 +73,19 @@ def suggest_hparams(trial: optuna.Trial, cfg: SearchConfig) -> HParams:
     )
 
 
-def create_study(cfg: PipelineConfig, storage: str, seed: int | None = None) -> optuna.Study:
+def create_study(
+    cfg: PipelineConfig, storage: str, seed: int | None = None, trial_tracker: TrialTracker | None = None
+) -> optuna.Study:
     """Create the named study in ``storage``, or load it to resume (sampler seeded by ``seed``,
-    else the config)."""
+    else the config).
+
+    Running trials beat every ``search.heartbeat_seconds``; before each new trial, one silent for
+    three beats (its process died) is failed, enqueued again once, and its tracked run closed.
+    """
     direction = "maximize" if cfg.train.monitor == "val_accuracy" else "minimize"
     study = optuna.create_study(
         study_name=cfg.search.study_name,
-        storage=storage,
+        storage=_storage(storage, cfg.search.heartbeat_seconds, trial_tracker),
         direction=direction,
         sampler=optuna.samplers.TPESampler(seed=cfg.search.seed if seed is None else seed),
         pruner=_pruner(cfg.search),
@@ -83,6 +97,25 @@ def create_study(cfg: PipelineConfig, storage: str, seed: int | None = None) -> 
             f"monitor={cfg.train.monitor} needs {direction}: use another study_name"
         )
     return study
+
+
+def _storage(url: str, heartbeat: int, trial_tracker: TrialTracker | None) -> optuna.storages.RDBStorage:
+    silent = f"no heartbeat for over {3 * heartbeat} s: its process died (killed, out of memory, lost)"
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5, and what we need
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
+
+        def on_stale(study: optuna.Study, trial: FrozenTrial) -> None:
+            retry(study, trial)
+            if trial_tracker is not None:
+                trial_tracker.close_stale(trial.number, silent)
+
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=heartbeat,
+            grace_period=3 * heartbeat,
+            heartbeat_stale_trial_callback=on_stale,
+        )
 
 
 class _TimedEpochEnd(keras.callbacks.Callback):
@@ -124,7 +157,7 @@ def run_search(
     Raises SearchError when no trial of the study has completed.
     """
     started = time.perf_counter()
-    study = create_study(cfg, storage)
+    study = create_study(cfg, storage, trial_tracker=trial_tracker)
     with _watch(study, cfg.search.trials):
         if cfg.search.workers == 1:
             _optimize(study, trial_data(data, cfg.search), cfg, trial_tracker, cfg.search.trials)
@@ -273,7 +306,7 @@ def _worker(
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     seed = None if cfg.search.seed is None else cfg.search.seed + index  # workers must not repeat trials
-    study = create_study(cfg, storage, seed=seed)
+    study = create_study(cfg, storage, seed=seed, trial_tracker=trial_tracker)
     _optimize(study, trial_data(prepare(cfg.data), cfg.search), cfg, trial_tracker, trials)
 
 

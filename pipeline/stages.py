@@ -214,7 +214,7 @@ def record_skipped_run(
 
 def search_hparams(data: PreparedData, cfg: PipelineConfig, run: tracking.RunHandle) -> search.SearchResult:
     """The Optuna search, a nested MLflow run per trial; the best trial's params on the parent."""
-    tracker = tracking.trial_tracker(run, cfg.tracking.experiment_name)
+    tracker = tracking.trial_tracker(run, cfg.tracking.experiment_name, cfg.search.study_name)
     result = search.run_search(data, cfg, run.stores.study_storage, tracker)
     run.log_params({f"best_trial.{k}": v for k, v in result.best_hparams.model_dump().items()})
     run.log_metrics(

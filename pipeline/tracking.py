@@ -181,18 +181,34 @@ class TrialTracker:
     parent_run_id: str
     stores: Stores
     experiment_name: str
+    study_name: str
 
     def __call__(self, number: int, params: Mapping[str, Any]) -> AbstractContextManager[RunHandle]:
         return _trial_run(self, number, params)
 
+    def close_stale(self, number: int, reason: str) -> None:
+        """Close the runs of trial ``number`` of this study that are still RUNNING (their process
+        died without a word: SIGKILL, out of memory, a lost machine) as KILLED with ``reason``."""
+        client = self.stores.mlflow_client()
+        experiment = client.get_experiment_by_name(self.experiment_name)
+        if experiment is None:
+            return
+        query = f"tags.optuna_study = '{self.study_name}' and tags.optuna_trial = '{number}'"
+        for run in client.search_runs(
+            [experiment.experiment_id], f"{query} and attributes.status = 'RUNNING'"
+        ):
+            stale = RunHandle(client, run.info.run_id, experiment.experiment_id, self.stores)
+            stale.kill({"outcome": "stale", "failure_reason": reason})
 
-def trial_tracker(parent: RunHandle, experiment_name: str) -> TrialTracker:
-    return TrialTracker(parent.run_id, parent.stores, experiment_name)
+
+def trial_tracker(parent: RunHandle, experiment_name: str, study_name: str) -> TrialTracker:
+    return TrialTracker(parent.run_id, parent.stores, experiment_name, study_name)
 
 
 @contextmanager
 def _trial_run(tracker: TrialTracker, number: int, params: Mapping[str, Any]) -> Iterator[RunHandle]:
     tags = {MLFLOW_PARENT_RUN_ID: tracker.parent_run_id, "stage": "trial", "optuna_trial": str(number)}
+    tags["optuna_study"] = tracker.study_name
     with open_run(tracker.stores, tracker.experiment_name, f"trial-{number:03d}", tags) as run:
         run.log_params(params)
         yield run

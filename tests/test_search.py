@@ -105,3 +105,73 @@ def test_trials_train_on_a_subset_of_shorter_reviews_and_keep_all_validation(tin
     assert len(view.val) == len(data.val)
     assert view.train.x.shape[1] == view.val.x.shape[1] == view.max_len == 20
     assert np.array_equal(view.val.x, data.val.x[:, -20:])  # the end of each review is kept
+
+
+# A real process, SIGKILLed in the middle of its trial: no finally, no cleanup, no goodbye.
+_KILLED_MID_TRIAL = """
+import json, os, signal, sys
+from pipeline import search, stages
+from pipeline.config import build_config
+from pipeline.data import prepare
+from pipeline.stores import resolve
+
+cfg = build_config(json.loads(sys.argv[1]))
+search.train_model = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+data = prepare(cfg.data)
+with stages.pipeline_run(resolve(cfg), cfg, data) as run:
+    stages.search_hparams(data, cfg, run)
+"""
+
+
+@pytest.mark.integration
+def test_a_trial_whose_process_was_killed_is_failed_retried_and_its_run_closed(tiny, tmp_path):
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    from pipeline import stages
+    from pipeline.stores import resolve
+
+    cfg, data = tiny
+    options = {
+        "data.path": str(SAMPLE_ARCHIVE),
+        "data.cache_dir": str(cfg.data.cache_dir),
+        "data.limit": 200,
+        "data.max_len": 60,
+        "data.vocab_size": 1000,
+        "search.trials": 1,
+        "search.epochs": 1,
+        "search.heartbeat_seconds": 1,
+        "search.study_name": "killed",
+        "search.storage": cfg.search.storage,
+        "tracking.tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "tracking.experiment_name": "killed",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED_MID_TRIAL, json.dumps(options)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == -9, done.stderr[-3000:]
+    study = optuna.load_study(study_name="killed", storage=cfg.search.storage)
+    assert [t.state.name for t in study.trials] == ["RUNNING"]  # what a SIGKILL leaves behind
+
+    time.sleep(3.5)  # three heartbeats of silence
+    survivor = build_config(options)
+    stores = resolve(survivor)
+    with stages.pipeline_run(stores, survivor, data, run_name="survivor") as run:
+        stages.search_hparams(data, survivor, run)
+
+    trials = optuna.load_study(study_name="killed", storage=cfg.search.storage).trials
+    assert [t.state.name for t in trials][0] == "FAIL"
+    assert RetryHeartbeatStaleTrialCallback.retried_trial_number(trials[1]) == 0  # retried once
+    assert trials[1].params == trials[0].params and trials[1].state.name in ("COMPLETE", "PRUNED")
+    client = stores.mlflow_client()
+    experiment = client.get_experiment_by_name("killed")
+    runs = client.search_runs([experiment.experiment_id], "tags.optuna_trial = '0'")
+    assert [r.info.status for r in runs] == ["KILLED"]
+    assert "no heartbeat for over 3 s" in runs[0].data.tags["failure_reason"]

@@ -59,7 +59,7 @@ def test_trial_runs_nest_under_the_parent_from_any_process(stores):
     import pickle
 
     with tracking.pipeline_run(stores, "exp", {}, DATASET) as parent:
-        tracker = pickle.loads(pickle.dumps(tracking.trial_tracker(parent, "exp")))  # as a worker gets it
+        tracker = pickle.loads(pickle.dumps(tracking.trial_tracker(parent, "exp", "study")))  # as a worker gets it
         with tracker(3, {"cell": "gru"}) as trial:
             trial.log_metrics({"val_accuracy": 0.6}, step=1)
     logged = _run(stores, trial.run_id)
