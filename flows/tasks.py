@@ -26,7 +26,7 @@ from pipeline.stores import is_transient
 def _transient(task, task_run, state) -> bool:
     """Retry only what another try can fix: a store that timed out, answered 5xx or was locked,
     or dropped the connection mid-run. Bad data, config, a permission or a missing path fail at
-    once, and a store that is down at the start never gets here (``stages.preflight``)."""
+    once, and a store that is down at the start never gets here (``stores.preflight``)."""
     error = state.data if isinstance(state.data, BaseException) else None
     if error is None:
         try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import zlib
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from pipeline.config import HParams, PipelineConfig, TrackingConfig
 from pipeline.evaluate import THRESHOLD
 from pipeline.predict import scorer_for
 from pipeline.stores import Stores
+from pipeline.tracking import param_value
 
 log = logging.getLogger(__name__)
 
@@ -511,7 +511,7 @@ class ChampionCheck:
 def training_params(cfg: PipelineConfig) -> dict[str, str]:
     """The config as logged params, less where data and stores live: what defines the training."""
     return {
-        key: json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+        key: param_value(value)
         for key, value in cfg.flat_params().items()
         if key not in _PLACE_PARAMS and not key.startswith(_PLACE_PREFIXES)
     }

@@ -163,7 +163,7 @@ def run_search(
             _optimize(study, trial_data(data, cfg.search), cfg, trial_tracker, cfg.search.trials)
         else:
             _optimize_in_workers(cfg, storage, trial_tracker)
-    return _result(create_study(cfg, storage), time.perf_counter() - started)
+    return _result(study, time.perf_counter() - started)  # reads the storage: workers' trials too
 
 
 _SHOWN = {"pruned": TrialState.PRUNED, "failed": TrialState.FAIL}

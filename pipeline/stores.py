@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pipeline.config import PROJECT_ROOT, PipelineConfig, env_var, flag
 
@@ -122,14 +122,6 @@ class Stores:
             )
         if storage is not None:
             _check_store("Optuna study storage", storage)
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "tracking_uri": self.tracking_uri,
-            "registry_uri": self.registry_uri,
-            "artifact_root": self.artifact_root,
-            "study_storage": self.study_storage_uri,
-        }
 
 
 @contextmanager

@@ -46,7 +46,7 @@ class RunHandle:
     ended: bool = field(default=False, compare=False)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        items = [Param(key, _param_value(value)) for key, value in params.items()]
+        items = [Param(key, param_value(value)) for key, value in params.items()]
         for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             self.client.log_batch(self.run_id, params=items[start : start + 100])
 
@@ -89,7 +89,8 @@ class RunHandle:
         return f"runs:/{self.run_id}"
 
 
-def _param_value(value: Any) -> str:
+def param_value(value: Any) -> str:
+    """A param as MLflow stores it: lists and dicts as JSON, cut to MLflow's 6,000 characters."""
     text = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
     return text[:6000]
 
