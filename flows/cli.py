@@ -30,6 +30,8 @@ app = typer.Typer(
 )
 config_app = typer.Typer(no_args_is_help=True, help="The resolved configuration.")
 app.add_typer(config_app, name="config")
+study_app = typer.Typer(no_args_is_help=True, help="An Optuna study that workers on many machines join.")
+app.add_typer(study_app, name="study")
 TRAINING = ("data", "search", "train", "tracking")
 
 Json = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
@@ -100,6 +102,35 @@ def search(cfg) -> None:
     with prefect_api():
         result = search_flow(config=cfg)
     print_result({**result.__dict__, "best_hparams": result.best_hparams.model_dump()}, True)
+
+
+@study_app.command("create")
+@config_options(*TRAINING)
+def study_create(cfg) -> None:
+    """Create the study workers join (once): its dataset digest, search space and study-wide
+    target (--trials) in the study storage, and the MLflow run its trials nest under. Running it
+    again on an existing study checks it and changes nothing."""
+    from pipeline.stores import preflight
+
+    stores = preflight(cfg)
+    from pipeline.data import prepare as prepare_data
+    from pipeline.stages import create_study
+
+    print_result(create_study(stores, cfg, prepare_data(cfg.data)).__dict__, True)
+
+
+@app.command()
+@config_options(*TRAINING)
+def worker(cfg) -> None:
+    """Run trials of an existing study (see `study create`) until its target is met; start any
+    number, on any machine, at any time. Refuses a study made for other data or another space."""
+    from pipeline.stores import preflight
+
+    stores = preflight(cfg)
+    from pipeline.data import prepare as prepare_data
+    from pipeline.stages import search_worker
+
+    print_result(search_worker(stores, cfg, prepare_data(cfg.data)).__dict__, True)
 
 
 @app.command()

@@ -1,15 +1,26 @@
-"""Optuna search: suggest_hparams(trial) → HParams; the objective; run_search (storage, pruner, resume).
+"""Optuna search: suggest_hparams(trial) → HParams; the objective; run_search and join_study.
 
 The study is stored (in the storage ``stores.resolve`` gives) under its name, so a second run
-with the same name resumes it. Each trial reports the monitored validation metric per
-epoch to the pruner. A trial that raises (NaN loss included) ends as failed and the study goes
-on; tracking of trials is injected as ``trial_tracker`` so this module never imports MLflow.
+with the same name resumes it, and any number of processes on any number of machines can work on
+it at once (``join_study``). The study records its dataset digest, its search space and its
+trial target; a process refuses a study whose digest or space differs from its own. The target is
+study-wide: every process stops when COMPLETE + PRUNED trials reach it (Optuna's
+``MaxTrialsCallback``), so a process that dies only leaves its trial to the others.
+
+Each trial reports the monitored validation metric per epoch to the pruner. A trial that raises
+(NaN loss included) ends as failed and the study goes on; a trial whose process died is found by
+its heartbeat (or at once, on the same machine, by its process id), failed and retried once.
+Tracking of trials is injected as ``trial_tracker`` so this module never imports MLflow.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import multiprocessing
+import os
+import socket
 import threading
 import time
 import warnings
@@ -22,14 +33,19 @@ from typing import Any, Protocol
 import keras
 import numpy as np
 import optuna
+from optuna.distributions import distribution_to_json
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 from optuna_integration import KerasPruningCallback
 
-from pipeline.config import HParams, PipelineConfig, SearchConfig, run_params
+from pipeline.config import ConfigError, HParams, PipelineConfig, SearchConfig, flag, run_params
 from pipeline.data import PreparedData, Split, prepare
+from pipeline.liveness import here, is_gone
 from pipeline.progress import Progress
 from pipeline.signals import raise_on_signals
+from pipeline.stores import database_pool, is_transient
 from pipeline.train import EpochMetrics, train_model
 
 log = logging.getLogger(__name__)
@@ -48,6 +64,13 @@ class SearchError(RuntimeError):
     """The search produced no usable trial."""
 
 
+class StudyMismatch(ConfigError):
+    """A study that this process must not join: missing, or made for other data or another space."""
+
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts towards a study's target
+
+
 @dataclass(frozen=True)
 class SearchResult:
     best_hparams: HParams
@@ -57,6 +80,43 @@ class SearchResult:
     pruned: int
     failed: int
     seconds: float
+
+
+@dataclass(frozen=True)
+class WorkerResult:
+    """What one process did for a study it joined, and where the study stands."""
+
+    study_name: str
+    trials_run: int  # by this process
+    target: int
+    finished: int  # COMPLETE + PRUNED in the whole study
+    complete: int
+    pruned: int
+    failed: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """What a study says about itself (its user attributes), written once by whoever creates it."""
+
+    data_digest: str
+    search_space: dict[str, Any]
+    trials_target: int | None = None  # study-wide; None: each invocation runs search.trials more
+    experiment_name: str | None = None  # where its trials' MLflow runs go, under parent_run_id
+    parent_run_id: str | None = None
+
+    @classmethod
+    def of(cls, study: optuna.Study) -> StudyRecord | None:
+        attrs = study.user_attrs
+        if "data_digest" not in attrs:
+            return None
+        return cls(**{name: attrs.get(name) for name in cls.__dataclass_fields__})
+
+    def write(self, study: optuna.Study) -> None:
+        for name, value in self.__dict__.items():
+            if value is not None:
+                study.set_user_attr(name, value)
 
 
 def suggest_hparams(trial: optuna.Trial, cfg: SearchConfig) -> HParams:
@@ -73,8 +133,32 @@ def suggest_hparams(trial: optuna.Trial, cfg: SearchConfig) -> HParams:
     )
 
 
+# Settings that change what a trial's value means: trials made under other ones do not compare.
+_TRIAL_SETTINGS = {"search": {"epochs", "subset", "max_len", "pruner"}, "train": {"batch_size", "patience", "monitor", "buckets"}}
+
+
+def search_space(cfg: PipelineConfig) -> dict[str, Any]:
+    """The study's search space as JSON-able data: every distribution ``suggest_hparams`` draws
+    from (read off a throwaway trial, so the space is written down once) and the settings that
+    decide what a trial's value means."""
+    optuna_logger = logging.getLogger("optuna")
+    level = optuna_logger.level
+    optuna_logger.setLevel(logging.WARNING)  # no "A new study created in memory" line
+    try:
+        probe = optuna.create_study().ask()
+    finally:
+        optuna_logger.setLevel(level)
+    suggest_hparams(probe, cfg.search)
+    space = {name: json.loads(distribution_to_json(d)) for name, d in sorted(probe.distributions.items())}
+    settings = cfg.model_dump(mode="json", include=_TRIAL_SETTINGS)
+    return {"distributions": space, **settings}
+
+
 def create_study(
-    cfg: PipelineConfig, storage: str, seed: int | None = None, trial_tracker: TrialTracker | None = None
+    cfg: PipelineConfig,
+    storage: str | optuna.storages.RDBStorage,
+    seed: int | None = None,
+    trial_tracker: TrialTracker | None = None,
 ) -> optuna.Study:
     """Create the named study in ``storage``, or load it to resume (sampler seeded by ``seed``,
     else the config).
@@ -85,7 +169,9 @@ def create_study(
     direction = "maximize" if cfg.train.monitor == "val_accuracy" else "minimize"
     study = optuna.create_study(
         study_name=cfg.search.study_name,
-        storage=_storage(storage, cfg.search.heartbeat_seconds, trial_tracker),
+        storage=storage
+        if isinstance(storage, optuna.storages.RDBStorage)
+        else _storage(storage, cfg.search.heartbeat_seconds, trial_tracker),
         direction=direction,
         sampler=optuna.samplers.TPESampler(seed=cfg.search.seed if seed is None else seed),
         pruner=_pruner(cfg.search),
@@ -99,23 +185,98 @@ def create_study(
     return study
 
 
+def claim_study(study: optuna.Study, cfg: PipelineConfig, data_digest: str, **record: Any) -> StudyRecord:
+    """The study's record: written now when the study has none (new, or made before records),
+    else checked against this process's data and search space. Raises StudyMismatch naming what
+    differs."""
+    mine = StudyRecord(data_digest, search_space(cfg), **record)
+    stored = StudyRecord.of(study)
+    if stored is None:
+        mine.write(study)
+        return mine
+    name = study.study_name
+    if stored.data_digest != data_digest:
+        raise StudyMismatch(
+            f"study '{name}' was made for dataset {stored.data_digest[:12]}, this process has "
+            f"{data_digest[:12]}: pass the same {flag('data.path')} and data options, or another "
+            f"{flag('search.study_name')}"
+        )
+    if stored.search_space != mine.search_space:
+        differs = _differences(stored.search_space, mine.search_space)
+        raise StudyMismatch(
+            f"study '{name}' was made with another search space ({differs}): use the study's "
+            f"settings, or another {flag('search.study_name')}"
+        )
+    return stored
+
+
+def _differences(stored: dict[str, Any], mine: dict[str, Any], prefix: str = "") -> str:
+    keys = sorted(set(stored) | set(mine))
+    parts = []
+    for key in keys:
+        a, b = stored.get(key), mine.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = _differences(a, b, f"{prefix}{key}.")
+            parts += [inner] if inner else []
+        elif a != b:
+            parts.append(f"{prefix}{key}: study {json.dumps(a)}, here {json.dumps(b)}")
+    return "; ".join(parts)
+
+
 def _storage(url: str, heartbeat: int, trial_tracker: TrialTracker | None) -> optuna.storages.RDBStorage:
     silent = f"no heartbeat for over {3 * heartbeat} s: its process died (killed, out of memory, lost)"
     with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5, and what we need
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
-
-        def on_stale(study: optuna.Study, trial: FrozenTrial) -> None:
-            retry(study, trial)
-            if trial_tracker is not None:
-                trial_tracker.close_stale(trial.number, silent)
-
         return optuna.storages.RDBStorage(
             url,
+            engine_kwargs=database_pool(url),
             heartbeat_interval=heartbeat,
             grace_period=3 * heartbeat,
-            heartbeat_stale_trial_callback=on_stale,
+            heartbeat_stale_trial_callback=_StaleTrial(silent, trial_tracker),
         )
+
+
+_OWNER_ATTRS = ("host", "pid", "pid_started", "worker")
+
+
+class _StaleTrial:
+    """What happens to a trial whose process died: Optuna's retry (once), and its run closed."""
+
+    def __init__(self, reason: str, trial_tracker: TrialTracker | None) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
+        self.reason = reason
+        self._tracker = trial_tracker
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial, reason: str | None = None) -> None:
+        retry = copy.deepcopy(trial)  # the retry runs elsewhere: not the dead process's attrs
+        retry.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in _OWNER_ATTRS}
+        self._retry(study, retry)
+        if self._tracker is not None:
+            self._tracker.close_stale(trial.number, reason or self.reason)
+        log.warning("trial %d failed: %s; enqueued again", trial.number, reason or self.reason)
+
+
+def reap_dead_trials(study: optuna.Study) -> int:
+    """Fail the RUNNING trials whose process on this machine is gone (SIGKILL, OOM) at once,
+    without waiting out the heartbeat grace period, and retry them like stale ones. Returns how
+    many. Trials of other machines are left to the heartbeat."""
+    storage = study._storage  # Optuna's own fail_stale_trials works on it the same way
+    callback = storage.get_heartbeat_stale_trial_callback()
+    reaped = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not is_gone(trial.user_attrs):
+            continue  # alive, or another machine's: its heartbeat tells
+        try:
+            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:
+            continue  # another process got there first
+        reaped += 1
+        if isinstance(callback, _StaleTrial):
+            callback(study, storage.get_trial(trial._trial_id), "its process is gone (killed, out of memory)")
+    return reaped
 
 
 class _TimedEpochEnd(keras.callbacks.Callback):
@@ -147,23 +308,129 @@ def _pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
 
 
 def run_search(
-    data: PreparedData, cfg: PipelineConfig, storage: str, trial_tracker: TrialTracker | None = None
+    data: PreparedData,
+    cfg: PipelineConfig,
+    storage: str,
+    trial_tracker: TrialTracker | None = None,
+    invocation: str | None = None,
 ) -> SearchResult:
     """Run ``cfg.search.trials`` more trials (or until ``cfg.search.timeout``) of the study in
     ``storage``; the study's best.
 
-    With ``cfg.search.workers > 1`` trials run in that many processes, one TensorFlow thread
-    each: an RNN step keeps about one core busy, so side-by-side trials nearly double throughput.
-    Raises SearchError when no trial of the study has completed.
+    ``invocation`` (the pipeline run's id) names this invocation's target in the study, so a
+    retry of the same invocation resumes towards it instead of adding trials. With
+    ``cfg.search.workers > 1`` trials run in that many processes, one TensorFlow thread each: an
+    RNN step keeps about one core busy, so side-by-side trials nearly double throughput; all of
+    them work towards the one target, so a process that dies costs only its trial.
+    Raises SearchError when no trial of the study has completed, StudyMismatch when the study was
+    made for other data or another search space.
     """
     started = time.perf_counter()
     study = create_study(cfg, storage, trial_tracker=trial_tracker)
-    with _watch(study, cfg.search.trials):
+    claim_study(study, cfg, data.digest)
+    reap_dead_trials(study)
+    target = _invocation_target(study, cfg.search.trials, invocation)
+    with _watch(study, target - _finished(study)):
         if cfg.search.workers == 1:
-            _optimize(study, trial_data(data, cfg.search), cfg, trial_tracker, cfg.search.trials)
+            _optimize(study, trial_data(data, cfg.search), cfg, trial_tracker, target)
         else:
-            _optimize_in_workers(cfg, storage, trial_tracker)
+            _optimize_in_workers(cfg, storage, trial_tracker, target)
+    _fail_stale(study)
     return _result(study, time.perf_counter() - started)  # reads the storage: workers' trials too
+
+
+def join_study(
+    data: PreparedData, cfg: PipelineConfig, storage: str, trial_tracker: TrialTracker | None = None
+) -> WorkerResult:
+    """Work on the existing study ``cfg.search.study_name`` until its study-wide target is met,
+    with ``cfg.search.workers`` processes; the worker of ``sentiment worker``, on any machine, at
+    any time. A dropped database connection (a restart) is waited out and the study rejoined.
+
+    Raises StudyMismatch when the study does not exist, has no target, or was made for other data
+    or another search space.
+    """
+    started = time.perf_counter()
+    study = load_study(cfg, storage, trial_tracker)
+    record = claim_study(study, cfg, data.digest)
+    if record.trials_target is None:
+        raise StudyMismatch(
+            f"study '{study.study_name}' has no trial target: it was not made by `sentiment study create`"
+        )
+    worker = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"  # this invocation's trials
+    with _watch(study, max(0, record.trials_target - _finished(study))):
+        for attempt in range(1, _REJOINS + 1):
+            try:
+                reap_dead_trials(study)
+                if cfg.search.workers == 1:
+                    _optimize(study, trial_data(data, cfg.search), cfg, trial_tracker, record.trials_target, worker)
+                else:
+                    _optimize_in_workers(cfg, storage, trial_tracker, record.trials_target, worker)
+                break
+            except Exception as error:
+                if not (is_transient(error) or isinstance(error, UpdateFinishedTrialError)) or attempt == _REJOINS:
+                    raise
+                log.warning("study storage: %s; rejoining in %d s", str(error).splitlines()[0], 2 * attempt)
+                time.sleep(2 * attempt)
+                study = load_study(cfg, storage, trial_tracker)
+    _fail_stale(study)
+    counts = _counts(study)
+    return WorkerResult(
+        study_name=study.study_name,
+        trials_run=_trials_of(study, worker),
+        target=record.trials_target,
+        finished=counts[TrialState.COMPLETE] + counts[TrialState.PRUNED],
+        complete=counts[TrialState.COMPLETE],
+        pruned=counts[TrialState.PRUNED],
+        failed=counts[TrialState.FAIL],
+        seconds=time.perf_counter() - started,
+    )
+
+
+_REJOINS = 5  # about 30 s of waiting in all: a database restart, not an outage
+
+
+def load_study(cfg: PipelineConfig, storage: str, trial_tracker: TrialTracker | None = None) -> optuna.Study:
+    """The existing study ``cfg.search.study_name``. Raises StudyMismatch when there is none."""
+    opened = _storage(storage, cfg.search.heartbeat_seconds, trial_tracker)
+    if cfg.search.study_name not in optuna.get_all_study_names(storage=opened):
+        raise StudyMismatch(
+            f"no study '{cfg.search.study_name}' in {storage}: create it first with "
+            f"`sentiment study create {flag('search.study_name')} {cfg.search.study_name} ...`"
+        )
+    return create_study(cfg, opened, trial_tracker=trial_tracker)
+
+
+def _trials_of(study: optuna.Study, worker: str) -> int:
+    return sum(t.user_attrs.get("worker") == worker for t in study.get_trials(deepcopy=False))
+
+
+def _invocation_target(study: optuna.Study, trials: int, invocation: str | None) -> int:
+    """``trials`` more than the study has finished, remembered under ``invocation`` in the study so
+    a retry of that invocation aims at the same number."""
+    key = f"trials_target:{invocation}" if invocation else None
+    if key and key in study.user_attrs:
+        return int(study.user_attrs[key])
+    target = _finished(study) + trials
+    if key:
+        study.set_user_attr(key, target)
+    return target
+
+
+def _finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def _counts(study: optuna.Study) -> dict[TrialState, int]:
+    return {state: len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState}
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    """Close what died while this search ran, so a finished search leaves no trial RUNNING that
+    belongs to no one (the heartbeat catches the other machines' dead trials once their grace is up)."""
+    reap_dead_trials(study)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 _SHOWN = {"pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
@@ -172,18 +439,22 @@ _SHOWN = {"pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
 @contextmanager
 def _watch(study: optuna.Study, target: int, every: float = 1.0) -> Iterator[None]:
     """Show trials done / target and the best value so far while the search runs, read from the
-    study itself, so trials in worker processes count too."""
+    study itself, so trials in worker processes (and other machines) count too."""
     first = len(study.get_trials(deepcopy=False))
     stop = threading.Event()
     progress = Progress("search", target, "trial")
 
     def show() -> None:
-        finished = [t for t in study.get_trials(deepcopy=False)[first:] if t.state.is_finished()]
+        try:
+            trials = study.get_trials(deepcopy=False)[first:]
+        except Exception:  # the storage is restarting: the next tick shows it
+            return
+        finished = [t for t in trials if t.state.is_finished()]
         done = [t.value for t in finished if t.state == TrialState.COMPLETE]
         best = max if study.direction.name == "MAXIMIZE" else min
         numbers = {"best": best(done)} if done else {}
         counts = {name: sum(t.state == state for t in finished) for name, state in _SHOWN.items()}
-        progress.update(len(finished), numbers | counts)
+        progress.update(sum(t.state in FINISHED for t in finished), numbers | counts)
 
     def poll() -> None:
         while not stop.wait(every):
@@ -205,9 +476,24 @@ def _optimize(
     data: PreparedData,
     cfg: PipelineConfig,
     trial_tracker: TrialTracker | None,
-    trials: int,
+    target: int,
+    worker: str | None = None,
 ) -> None:
+    """Run trials until the study holds ``target`` COMPLETE + PRUNED trials (whoever ran them),
+    ``search.timeout`` passes, or as many trials as are left to run have failed here."""
+    left = target - _finished(study)
+    if left <= 0:
+        return
+    failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+    until = [
+        MaxTrialsCallback(target, states=FINISHED),
+        # A search whose every trial fails (a bad setting) must end, not loop.
+        MaxTrialsCallback(failed + max(left, 2), states=(TrialState.FAIL,)),
+    ]
+
     def objective(trial: optuna.Trial) -> float:
+        for name, value in (here() | ({"worker": worker} if worker else {})).items():
+            trial.set_user_attr(name, value)
         hparams = suggest_hparams(trial, cfg.search)
         # Trials may see shorter reviews than the final model: log what they trained on.
         params = run_params(hparams, cfg, data.vocab_size_effective)
@@ -240,19 +526,19 @@ def _optimize(
         return result.best_value
 
     study.optimize(
-        objective, n_trials=trials, timeout=cfg.search.timeout, catch=(Exception,), gc_after_trial=True
+        objective, timeout=cfg.search.timeout, catch=(Exception,), callbacks=until, gc_after_trial=True
     )
 
 
-def _optimize_in_workers(cfg: PipelineConfig, storage: str, trial_tracker: TrialTracker | None) -> None:
-    workers = cfg.search.workers
-    shares = [cfg.search.trials // workers + (i < cfg.search.trials % workers) for i in range(workers)]
+def _optimize_in_workers(
+    cfg: PipelineConfig, storage: str, trial_tracker: TrialTracker | None, target: int, worker: str | None = None
+) -> None:
+    """``search.workers`` processes, each running trials until the study reaches ``target``."""
     context = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    pool = ProcessPoolExecutor(max_workers=cfg.search.workers, mp_context=context)
     futures = [
-        pool.submit(_worker, cfg, storage, index, share, trial_tracker, optuna.logging.get_verbosity())
-        for index, share in enumerate(shares)
-        if share
+        pool.submit(_worker, cfg, storage, index, target, trial_tracker, worker, optuna.logging.get_verbosity())
+        for index in range(cfg.search.workers)
     ]
     try:
         for future in futures:
@@ -293,8 +579,9 @@ def _worker(
     cfg: PipelineConfig,
     storage: str,
     index: int,
-    trials: int,
+    target: int,
     trial_tracker: TrialTracker | None,
+    worker: str | None = None,
     verbosity: int = optuna.logging.INFO,
 ) -> None:
     """One search process: one thread for TensorFlow, prepared data from the cache; SIGINT and
@@ -307,7 +594,29 @@ def _worker(
     tf.config.threading.set_inter_op_parallelism_threads(1)
     seed = None if cfg.search.seed is None else cfg.search.seed + index  # workers must not repeat trials
     study = create_study(cfg, storage, seed=seed, trial_tracker=trial_tracker)
-    _optimize(study, trial_data(prepare(cfg.data), cfg.search), cfg, trial_tracker, trials)
+    _optimize(study, trial_data(prepare(cfg.data), cfg.search), cfg, trial_tracker, target, worker)
+
+
+def study_record(cfg: PipelineConfig, storage: str) -> StudyRecord:
+    """The record of the existing study ``cfg.search.study_name``. Raises StudyMismatch when the
+    study is missing or was not made by ``sentiment study create`` (no target)."""
+    study = load_study(cfg, storage)
+    record = StudyRecord.of(study)
+    if record is None or record.trials_target is None or record.parent_run_id is None:
+        raise StudyMismatch(
+            f"study '{study.study_name}' has no trial target: it was not made by `sentiment study create`"
+        )
+    return record
+
+
+def study_best(study_name: str, storage: str) -> SearchResult:
+    """The study's best trial and trial counts. Raises SearchError when the study is missing or
+    has no completed trial."""
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise SearchError(f"no study '{study_name}' in {storage}") from None
+    return _result(study, 0.0)
 
 
 def best_hparams(study_name: str, storage: str) -> HParams:
@@ -315,11 +624,7 @@ def best_hparams(study_name: str, storage: str) -> HParams:
 
     Raises SearchError when the study is missing or has no completed trial.
     """
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        raise SearchError(f"no study '{study_name}' in {storage}") from None
-    return _result(study, 0.0).best_hparams
+    return study_best(study_name, storage).best_hparams
 
 
 def trial_data(data: PreparedData, cfg: SearchConfig) -> PreparedData:
@@ -339,7 +644,7 @@ def _cut(split: Split, max_len: int) -> Split:
 
 
 def _result(study: optuna.Study, seconds: float) -> SearchResult:
-    counts = {state: len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState}
+    counts = _counts(study)
     if counts[TrialState.COMPLETE] == 0:
         raise SearchError(
             f"study '{study.study_name}': no trial completed "

@@ -29,10 +29,10 @@ from pipeline.blend import choose_blend
 from pipeline.config import ConfigError, HParams, PipelineConfig, run_params
 from pipeline.data import PreparedData
 from pipeline.evaluate import THRESHOLD, Evaluation, confusion_figure, evaluate, learning_curves
-from pipeline.model import PRESETS
-from pipeline.serve import save_model
+from pipeline.model import PRESETS, inference_copy
+from pipeline.serve import pyfunc_spec
 from pipeline.stores import Stores, resolve
-from pipeline.train import EpochMetrics, TrainResult, train_bigram_model, train_model
+from pipeline.train import EpochMetrics, TrainResult, train_bigram_model, train_model, train_nbsvm_model
 
 MODEL_ARTIFACT = "model"
 
@@ -180,10 +180,13 @@ def pipeline_run(
     stores: Stores, cfg: PipelineConfig, data: PreparedData, run_name: str | None = None
 ) -> Iterator[tracking.RunHandle]:
     """The parent MLflow run every stage below logs to: the config (with the stores it resolved
-    to) as dotted params, the dataset as the run's input."""
+    to) as dotted params, the dataset as the run's input. Parent runs of the same study left
+    RUNNING by a killed process on this machine are closed KILLED first."""
     params = cfg.flat_params() | {"tracking.tracking_uri": stores.tracking_uri}
+    study = {"optuna_study": cfg.search.study_name}
+    tracking.close_dead_runs(stores, cfg.tracking.experiment_name, study)
     with tracking.pipeline_run(
-        stores, cfg.tracking.experiment_name, params, dataset_record(data), run_name
+        stores, cfg.tracking.experiment_name, params, dataset_record(data), run_name, tags=study
     ) as run:
         yield run
 
@@ -215,7 +218,13 @@ def record_skipped_run(
 def search_hparams(data: PreparedData, cfg: PipelineConfig, run: tracking.RunHandle) -> search.SearchResult:
     """The Optuna search, a nested MLflow run per trial; the best trial's params on the parent."""
     tracker = tracking.trial_tracker(run, cfg.tracking.experiment_name, cfg.search.study_name)
-    result = search.run_search(data, cfg, run.stores.study_storage, tracker)
+    result = search.run_search(data, cfg, run.stores.study_storage, tracker, invocation=run.run_id)
+    _log_search(run, result)
+    return result
+
+
+def _log_search(run: tracking.RunHandle, result: search.SearchResult) -> None:
+    """The study's outcome on the parent run: the best trial's params, the trial counts."""
     run.log_params({f"best_trial.{k}": v for k, v in result.best_hparams.model_dump().items()})
     run.log_metrics(
         {
@@ -226,6 +235,62 @@ def search_hparams(data: PreparedData, cfg: PipelineConfig, run: tracking.RunHan
             "search_seconds": result.seconds,
         }
     )
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    """A study that workers join: where its trials' runs go and how many trials it wants."""
+
+    study_name: str
+    parent_run_id: str
+    experiment_name: str
+    trials_target: int
+    data_digest: str
+    created: bool  # False: it existed already (create is idempotent)
+
+
+def create_study(
+    stores: Stores, cfg: PipelineConfig, data: PreparedData, parent_run_id: str | None = None
+) -> StudyInfo:
+    """The study ``search.study_name`` for workers on any machine to join (``search_worker``):
+    its dataset digest, search space and study-wide target (``search.trials``) stored with it,
+    and the MLflow run its trials nest under: ``parent_run_id``, or a ``study-<name>`` run made
+    (and closed) here. An existing study is checked against this data and space and returned
+    as it is. Raises search.StudyMismatch when it differs."""
+    study = search.create_study(cfg, stores.study_storage)
+    stored = search.StudyRecord.of(study)
+    if stored is not None and stored.trials_target is not None:
+        record = search.claim_study(study, cfg, data.digest)  # checks; the target stays
+        return StudyInfo(
+            study.study_name, record.parent_run_id, record.experiment_name, record.trials_target, record.data_digest, False
+        )
+    search.claim_study(study, cfg, data.digest)  # checks an older study's record, or writes one
+    if parent_run_id is None:
+        with pipeline_run(stores, cfg, data, run_name=f"study-{cfg.search.study_name}") as run:
+            run.set_tags({"stage": "study"})
+        parent_run_id = run.run_id
+    record = search.StudyRecord(
+        data.digest, search.search_space(cfg), cfg.search.trials, cfg.tracking.experiment_name, parent_run_id
+    )
+    record.write(study)
+    return StudyInfo(study.study_name, parent_run_id, record.experiment_name, cfg.search.trials, data.digest, True)
+
+
+def search_worker(stores: Stores, cfg: PipelineConfig, data: PreparedData) -> search.WorkerResult:
+    """Join the study ``search.study_name`` until its target is met (``sentiment worker``, a
+    Kubeflow search pod, a Prefect pool run); its trial runs nest under the study's parent run."""
+    record = search.study_record(cfg, stores.study_storage)
+    tracker = tracking.TrialTracker(
+        record.parent_run_id, stores, record.experiment_name or cfg.tracking.experiment_name, cfg.search.study_name
+    )
+    return search.join_study(data, cfg, stores.study_storage, tracker)
+
+
+def study_result(stores: Stores, cfg: PipelineConfig, run: tracking.RunHandle) -> search.SearchResult:
+    """The best trial of the study ``search.study_name``, logged on ``run`` as ``search_hparams``
+    logs it: what a pipeline whose search fanned out to workers trains next."""
+    result = search.study_best(cfg.search.study_name, stores.study_storage)
+    _log_search(run, result)
     return result
 
 
@@ -239,7 +304,8 @@ def train_final(
         hparams, data, cfg.train, callbacks=[EpochMetrics(run.log_metrics)], progress=f"final {hparams.cell}"
     )
     _log_training(run, result)
-    final = FinalModel(rnn, hparams, result, "rnn", data.vocab_size_effective)
+    # Served uncompiled: a compiled model is saved with its optimizer state.
+    final = FinalModel(inference_copy(rnn), hparams, result, "rnn", data.vocab_size_effective)
     if cfg.train.bigram_buckets:
         final = _blend_companion(final, data, cfg, run)
     run.set_tags({"model_kind": final.kind})
@@ -249,17 +315,22 @@ def train_final(
 def _blend_companion(
     rnn: FinalModel, data: PreparedData, cfg: PipelineConfig, run: tracking.RunHandle
 ) -> FinalModel:
-    companion, companion_result = train_bigram_model(
-        data,
-        cfg.train,
-        widths=rnn.result.widths,
-        callbacks=[EpochMetrics(run.log_metrics, prefix="bigrams_")],
-        progress="bigram companion",
-    )
+    if cfg.train.companion == "nbsvm":
+        companion, companion_result = train_nbsvm_model(data, cfg.train, widths=rnn.result.widths)
+        run.log_metrics({"bigrams_val_accuracy": companion_result.best_value}, 1)
+    else:
+        companion, companion_result = train_bigram_model(
+            data,
+            cfg.train,
+            widths=rnn.result.widths,
+            callbacks=[EpochMetrics(run.log_metrics, prefix="bigrams_")],
+            progress="bigram companion",
+        )
     _log_training(run, companion_result, prefix="bigrams_")
     choice = choose_blend(rnn.model, companion, data.val, rnn.result.widths)
     run.log_metrics(choice.metrics())
-    buckets = companion.get_layer("bigram_ids").buckets  # the cap, or fewer on small data
+    ids = "ngram_ids" if cfg.train.companion == "nbsvm" else "bigram_ids"
+    buckets = companion.get_layer(ids).buckets  # the cap, or fewer on small data
     run.log_params({"bigram_buckets_used": buckets})
     if choice.chosen == "rnn":
         return rnn
@@ -302,18 +373,14 @@ def evaluate_model(final: FinalModel, data: PreparedData, run: tracking.RunHandl
 
 
 def log_model(final: FinalModel, data: PreparedData, run: tracking.RunHandle) -> str:
-    """The raw-text pyfunc under the run; returns its ``runs:/`` URI."""
+    """The raw-text pyfunc as the run's logged model (a model from code: nothing pickled);
+    returns its ``models:/<model_id>`` URI. Logged after ``evaluate_model``, so the test metrics
+    are linked to it."""
     with tempfile.TemporaryDirectory() as tmp:
-        folder = save_model(
-            final.model,
-            data.vocabulary,
-            data.max_len,
-            final.result.widths,
-            THRESHOLD,
-            Path(tmp) / MODEL_ARTIFACT,
+        spec = pyfunc_spec(
+            final.model, data.vocabulary, data.max_len, final.result.widths, THRESHOLD, Path(tmp)
         )
-        run.log_artifacts(str(folder), MODEL_ARTIFACT)
-    return f"{run.artifact_uri}/{MODEL_ARTIFACT}"
+        return run.log_model(MODEL_ARTIFACT, spec)
 
 
 def register_model(

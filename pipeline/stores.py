@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import tempfile
 import urllib.error
@@ -21,12 +22,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import PROJECT_ROOT, PipelineConfig, env_var, flag
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
 
 DEFAULT_STORE = PROJECT_ROOT / "mlruns"
 _SQLITE = "sqlite:///"
@@ -83,13 +86,32 @@ class Stores:
             return None
         return f"mlflow ui --backend-store-uri {self.tracking_uri}"
 
+    @property
+    def lock_database(self) -> str | None:
+        """A PostgreSQL database every process that registers models can reach, for locks across
+        machines: the tracking store itself when it is one, else the study storage."""
+        for uri in (self.tracking_uri, self.study_storage_uri):
+            if uri and uri.startswith(("postgresql:", "postgresql+")):
+                return uri
+        return None
+
     def alias_lock(self, model_name: str):
         """An exclusive lock around moving ``model_name``'s alias: a file lock beside the embedded
-        store (processes on one machine); a no-op for other stores."""
-        if not self.is_local:
-            return nullcontext()
-        folder = Path(self.tracking_uri.removeprefix(_SQLITE)).parent
-        return _file_lock(folder / f".registry-{hashlib.sha1(model_name.encode()).hexdigest()[:12]}.lock")
+        store (processes on one machine); a PostgreSQL advisory lock on ``lock_database`` (any
+        number of machines; released by the server if the holder dies). With neither, moves are
+        serialised only by the registry's re-check after deciding, and a warning says so."""
+        key = f"sentiment-alias:{model_name}"
+        if self.is_local:
+            folder = Path(self.tracking_uri.removeprefix(_SQLITE)).parent
+            return _file_lock(folder / f".registry-{hashlib.sha1(model_name.encode()).hexdigest()[:12]}.lock")
+        if self.lock_database is not None:
+            return _advisory_lock(self.lock_database, key)
+        log.warning(
+            "no PostgreSQL database to lock the champion alias of %s across machines: pass %s",
+            model_name,
+            flag("search.storage"),
+        )
+        return nullcontext()
 
     def download_model(self, model_uri: str) -> str:
         """A local folder holding the MLflow model at ``model_uri`` (``models:/NAME@ALIAS``,
@@ -103,8 +125,11 @@ class Stores:
         if model_uri.startswith("models:/"):
             # MLflow resolves models:/ through its process-global registry URI: resolve it here.
             client = self.mlflow_client()
-            name, version = get_model_name_and_version(client, model_uri)
-            model_uri = client.get_model_version_download_uri(name, version)
+            found = get_model_name_and_version(client, model_uri)
+            if len(found) == 1:  # models:/<model_id>: a logged model, registered or not
+                model_uri = client.get_logged_model(found[0]).artifact_location
+            else:
+                model_uri = client.get_model_version_download_uri(*found)
         return download_artifacts(
             artifact_uri=model_uri, tracking_uri=self.tracking_uri, registry_uri=self.registry_uri
         )
@@ -132,6 +157,40 @@ def _file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _advisory_lock(url: str, key: str) -> Iterator[None]:
+    """PostgreSQL's session advisory lock on ``key``, held by one connection for the block."""
+    import sqlalchemy
+
+    lock_id = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big", signed=True)
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:id)"), {"id": lock_id})
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:id)"), {"id": lock_id})
+    finally:
+        engine.dispose()
+
+
+def database_pool(url: str) -> dict[str, Any]:
+    """SQLAlchemy engine options for a study storage: for a database server, a small pool checked
+    before use (a restarted server's dead connections are replaced, not failed on) and recycled.
+
+    Connection budget: a search process holds at most 3 (its trials, the heartbeat thread, the
+    progress line), so 8 single-process workers hold at most 24 of PostgreSQL's default 100, and
+    the MLflow server's own pool the rest it needs (docs/scale-out.md). SQLite: Optuna's defaults.
+    """
+    if url.startswith("sqlite"):
+        return {}
+    options: dict[str, Any] = {"pool_size": 2, "max_overflow": 1, "pool_pre_ping": True, "pool_recycle": 900}
+    if url.startswith(("postgresql", "mysql")):
+        options["connect_args"] = {"connect_timeout": 10}
+    return options
 
 
 # One retry layer only: the Prefect tasks' bounded backoff. MLflow's own HTTP client would retry

@@ -22,7 +22,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from pipeline.liveness import here, is_gone
 from pipeline.stores import Stores
+
+# MLflow 3.17's UI picks an experiment's layout from this tag: without it a new experiment opens on
+# the GenAI overview (traces, tokens); this value opens it on the runs table of model training.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,7 @@ class RunHandle:
     experiment_id: str
     stores: Stores
     ended: bool = field(default=False, compare=False)
+    last_step: int = field(default=0, compare=False)  # the highest metric step logged (epochs)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         items = [Param(key, param_value(value)) for key, value in params.items()]
@@ -52,8 +59,13 @@ class RunHandle:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
-        items = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        # Six significant digits: float32 noise (0.8399999737) reads as the 0.84 it is.
+        items = [Metric(key, float(f"{float(value):.6g}"), now, step) for key, value in metrics.items()]
         self.client.log_batch(self.run_id, metrics=items)
+        self.last_step = max(self.last_step, step)
+
+    def rename(self, name: str) -> None:
+        self.client.update_run(self.run_id, name=name)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():
@@ -67,6 +79,28 @@ class RunHandle:
 
     def log_artifacts(self, folder: str, path: str) -> None:
         self.client.log_artifacts(self.run_id, folder, path)
+
+    def log_model(self, name: str, spec: Mapping[str, Any]) -> str:
+        """Log the pyfunc ``spec`` (``mlflow.pyfunc.log_model`` arguments) as this run's logged
+        model ``name`` (MLflow 3: listed on the experiment's Models tab, linked to the run and to
+        the run's step-0 metrics, the test metrics among them); returns its ``models:/<id>`` URI."""
+        import mlflow.pyfunc
+        from mlflow.models import Model
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+        # ``mlflow.pyfunc.log_model`` takes no run id (it wants the thread's active run, and
+        # resuming this one would end it): ``Model.log`` under it does, given the pyfunc flavor.
+        # It reads MLflow's global URI: point that at this run's store for the call only.
+        with _use_tracking_uri(self.stores.tracking_uri):
+            info = Model.log(
+                artifact_path=None,
+                name=name,
+                flavor=mlflow.pyfunc,
+                run_id=self.run_id,
+                flavor_name="pyfunc.ModelFromCode",
+                **spec,
+            )
+        return info.model_uri
 
     def kill(self, tags: Mapping[str, Any]) -> None:
         """Close the run KILLED (stopped on purpose: a pruned trial), with ``tags`` that say why."""
@@ -100,9 +134,15 @@ def experiment_id(client: MlflowClient, stores: Stores, name: str) -> str:
     creating it at once (search workers, pipeline runs) both get the one that was created."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) is None:  # made before the tag existed
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return experiment.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=stores.experiment_artifact_location(name))
+        return client.create_experiment(
+            name,
+            artifact_location=stores.experiment_artifact_location(name),
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+        )
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
@@ -149,18 +189,64 @@ def pipeline_run(
     params: Mapping[str, Any],
     dataset: DatasetRecord,
     run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> Iterator[RunHandle]:
-    """The parent run of one pipeline run: the whole config as dotted params, the dataset as input."""
+    """The parent run of one pipeline run: the whole config as dotted params, the dataset as input.
+    It carries this process's ``liveness.here()``, so the next run can tell it was killed."""
     name = run_name or f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}"
-    with open_run(stores, experiment_name, name, {"stage": "pipeline"}) as run:
+    owner = {f"owner_{key}": str(value) for key, value in here().items()}
+    with open_run(stores, experiment_name, name, {"stage": "pipeline", **owner, **(tags or {})}) as run:
         run.log_params(params)
         log_dataset(run, dataset)
         yield run
 
 
+def close_dead_runs(stores: Stores, experiment_name: str, tags: Mapping[str, str]) -> list[str]:
+    """Close as KILLED the RUNNING runs carrying ``tags`` whose process on this machine is gone
+    (a pipeline killed with SIGKILL cannot close its own run); their ids. Runs of live processes
+    and of other machines are left alone."""
+    client = stores.mlflow_client()
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return []
+    query = " and ".join([*(f"tags.{k} = '{v}'" for k, v in tags.items()), "attributes.status = 'RUNNING'"])
+    closed = []
+    for found in client.search_runs([experiment.experiment_id], query):
+        owner = {key.removeprefix("owner_"): value for key, value in found.data.tags.items() if key.startswith("owner_")}
+        if is_gone(owner):
+            run = RunHandle(client, found.info.run_id, experiment.experiment_id, stores)
+            run.kill({"outcome": "killed", "failure_reason": f"its process ({owner.get('pid')}) is gone (killed)"})
+            closed.append(found.info.run_id)
+    return closed
+
+
+@contextmanager
+def attach_run(stores: Stores, run_id: str, end: bool = False) -> Iterator[RunHandle]:
+    """A handle on an existing run opened by another process (a Kubeflow component, a pool worker):
+    marked FAILED (or KILLED when interrupted) if the block raises; ended FINISHED after the block
+    when ``end``; else left RUNNING for the next process."""
+    client = stores.mlflow_client()
+    run = RunHandle(client, run_id, client.get_run(run_id).info.experiment_id, stores)
+    try:
+        yield run
+    except Exception as error:
+        run.end(RunStatus.to_string(RunStatus.FAILED), {"outcome": "failed", "failure_reason": f"{type(error).__name__}: {error}"[:5000]})
+        raise
+    except BaseException as stopped:
+        run.kill({"outcome": "interrupted", "failure_reason": _stop_reason(stopped)})
+        raise
+    if end and not run.ended:
+        run.end(RunStatus.to_string(RunStatus.FINISHED))
+
+
 def log_dataset(run: RunHandle, dataset: DatasetRecord) -> None:
     """Dataset digest, sizes and class balance as params and as the run's input dataset."""
     run.log_params(dataset.profile)
+    log_dataset_input(run, dataset)
+
+
+def log_dataset_input(run: RunHandle, dataset: DatasetRecord) -> None:
+    """The dataset as the run's input (the runs table's Dataset column), without params."""
     entity = Dataset(
         name=dataset.name,
         digest=dataset.digest[:32],
@@ -183,6 +269,7 @@ class TrialTracker:
     stores: Stores
     experiment_name: str
     study_name: str
+    dataset: DatasetRecord | None = None  # each trial's input dataset
 
     def __call__(self, number: int, params: Mapping[str, Any]) -> AbstractContextManager[RunHandle]:
         return _trial_run(self, number, params)
@@ -202,16 +289,55 @@ class TrialTracker:
             stale.kill({"outcome": "stale", "failure_reason": reason})
 
 
-def trial_tracker(parent: RunHandle, experiment_name: str, study_name: str) -> TrialTracker:
-    return TrialTracker(parent.run_id, parent.stores, experiment_name, study_name)
+def trial_tracker(
+    parent: RunHandle, experiment_name: str, study_name: str, dataset: DatasetRecord | None = None
+) -> TrialTracker:
+    return TrialTracker(parent.run_id, parent.stores, experiment_name, study_name, dataset)
+
+
+def trial_name(number: int, params: Mapping[str, Any]) -> str:
+    """``trial-003 bi-gru×2 32u d0.1 lr1.1e-3``: what the trial trained, rounded (the exact values
+    are its params), so the runs table's name column tells trials apart."""
+    parts = [f"trial-{number:03d}"]
+    if "cell" in params:
+        cell = f"bi-{params['cell']}" if str(params.get("bidirectional")) == "True" else str(params["cell"])
+        parts.append(f"{cell}×{params.get('layers', 1)}")
+    if "units" in params:
+        parts.append(f"{params['units']}u")
+    if "dropout" in params:
+        parts.append(f"d{float(params['dropout']):.1f}")
+    if "learning_rate" in params:
+        parts.append(f"lr{float(params['learning_rate']):.1e}".replace("e-0", "e-"))
+    return " ".join(parts)
+
+
+def outcome_name(name: str, outcome: str, epochs: int) -> str:
+    """The run name with how the run ended (``… · pruned after 1 epoch``): the name is the one
+    column the runs table always shows, while MLflow draws pruned and crashed runs alike (KILLED)."""
+    unit = "epoch" if epochs == 1 else "epochs"
+    return f"{name} · {outcome} after {epochs} {unit}"
 
 
 @contextmanager
 def _trial_run(tracker: TrialTracker, number: int, params: Mapping[str, Any]) -> Iterator[RunHandle]:
+    """The trial's run, named by its configuration. However it ends, the ``epochs`` tag and the
+    name's suffix count the epochs it logged (metric steps are 1-based epochs, so they agree)."""
     tags = {MLFLOW_PARENT_RUN_ID: tracker.parent_run_id, "stage": "trial", "optuna_trial": str(number)}
     tags["optuna_study"] = tracker.study_name
-    with open_run(tracker.stores, tracker.experiment_name, f"trial-{number:03d}", tags) as run:
+    name = trial_name(number, params)
+    with open_run(tracker.stores, tracker.experiment_name, name, tags) as run:
         run.log_params(params)
-        yield run
-        if not run.ended:
-            run.set_tags({"outcome": "complete"})
+        if tracker.dataset is not None:
+            log_dataset_input(run, tracker.dataset)
+        outcome = "interrupted"  # what open_run calls a run stopped by a signal
+        try:
+            yield run
+            outcome = "complete"
+        except Exception:
+            outcome = "failed"
+            raise
+        finally:
+            # Closed by its owner (pruned, stale) with its own outcome tag, else as it went here.
+            outcome = run.client.get_run(run.run_id).data.tags.get("outcome", outcome) if run.ended else outcome
+            run.set_tags({"outcome": outcome, "epochs": run.last_step})
+            run.rename(outcome_name(name, outcome, run.last_step))

@@ -124,11 +124,13 @@ with stages.pipeline_run(resolve(cfg), cfg, data) as run:
 
 
 @pytest.mark.integration
-def test_a_trial_whose_process_was_killed_is_failed_retried_and_its_run_closed(tiny, tmp_path):
+def test_a_trial_whose_process_was_killed_is_failed_retried_and_its_runs_closed(tiny, tmp_path):
+    """The embedded default on one machine: the next search sees at once that the trial's
+    process is gone (no waiting out the heartbeat), fails and retries it, and closes the killed
+    pipeline's parent run and its trial run."""
     import json
     import subprocess
     import sys
-    import time
 
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
@@ -160,7 +162,6 @@ def test_a_trial_whose_process_was_killed_is_failed_retried_and_its_run_closed(t
     study = optuna.load_study(study_name="killed", storage=cfg.search.storage)
     assert [t.state.name for t in study.trials] == ["RUNNING"]  # what a SIGKILL leaves behind
 
-    time.sleep(3.5)  # three heartbeats of silence
     survivor = build_config(options)
     stores = resolve(survivor)
     with stages.pipeline_run(stores, survivor, data, run_name="survivor") as run:
@@ -174,4 +175,31 @@ def test_a_trial_whose_process_was_killed_is_failed_retried_and_its_run_closed(t
     experiment = client.get_experiment_by_name("killed")
     runs = client.search_runs([experiment.experiment_id], "tags.optuna_trial = '0'")
     assert [r.info.status for r in runs] == ["KILLED"]
-    assert "no heartbeat for over 3 s" in runs[0].data.tags["failure_reason"]
+    assert "its process is gone" in runs[0].data.tags["failure_reason"]
+    parents = client.search_runs([experiment.experiment_id], "tags.stage = 'pipeline'")
+    assert sorted(r.info.status for r in parents) == ["FINISHED", "KILLED"]  # none left RUNNING
+    assert not client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
+
+
+def test_a_silent_trial_of_another_machine_is_failed_after_three_heartbeats(tiny):
+    """A trial whose process is on another machine is judged by its heartbeat alone."""
+    import time
+
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    cfg, data = tiny
+    cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"study_name": "elsewhere", "heartbeat_seconds": 1, "trials": 1, "epochs": 1})})
+    study = create_study(cfg, cfg.search.storage)
+    lost = study.ask()
+    suggest_hparams(lost, cfg.search)
+    for name, value in {"host": "another-machine", "pid": 1, "pid_started": 0.0}.items():
+        lost.set_user_attr(name, value)
+    study._storage.record_heartbeat(lost._trial_id)
+    run_search(data, cfg, cfg.search.storage)  # within the grace period: the trial may be alive
+    assert optuna.load_study(study_name="elsewhere", storage=cfg.search.storage).trials[0].state.name == "RUNNING"
+
+    time.sleep(3.5)  # three heartbeats of silence
+    run_search(data, cfg, cfg.search.storage)
+    trials = optuna.load_study(study_name="elsewhere", storage=cfg.search.storage).trials
+    assert trials[0].state.name == "FAIL"
+    assert [RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials].count(0) == 1
