@@ -202,7 +202,7 @@ def register_and_promote(
     client = stores.mlflow_client()
     _ensure_registered_model(client, cfg.model_name, stores.tracking_uri)
     tags = {key: str(value) for key, value in evidence.items()}
-    version = str(client.create_model_version(cfg.model_name, model_uri, run_id=run_id, tags=tags).version)
+    version = _create_version(client, cfg.model_name, model_uri, run_id, tags)
     try:
         describe_version(client, cfg.model_name, version, evidence, test, stores.tracking_uri)
         if test is not None:
@@ -215,6 +215,16 @@ def register_and_promote(
         raise
     log.info("%s v%s: %s", cfg.model_name, version, decision.reason)
     return decision
+
+
+def _create_version(client: MlflowClient, name: str, model_uri: str, run_id: str, tags: dict[str, str]) -> str:
+    """A new version of ``name`` for ``model_uri``; a logged model's URI (``models:/<model_id>``)
+    links the version to that logged model. Its source is given as the logged model's artifact
+    location: MLflow would resolve ``models:/<id>`` through its process-global tracking URI."""
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    source = client.get_logged_model(model_id).artifact_location if model_id else model_uri
+    created = client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id)
+    return str(created.version)
 
 
 def _promote_when_earned(

@@ -3,7 +3,8 @@
 ``SentimentModel`` is an MLflow pyfunc around the saved ``.keras`` file plus the vocabulary and
 padding rules, so tokenization travels inside the model and consumers need no project code:
 ``mlflow.pyfunc.load_model("models:/NAME@champion").predict(pd.DataFrame({"text": [...]}))``.
-It is logged with the few library modules it imports (``code_paths``) for the same reason.
+It is logged with the few library modules it imports (``code_paths``) for the same reason, as a
+model from code (``serve_entry.py``, which MLflow runs on load): nothing in it is pickled.
 
 Bad input is the caller's error, never a crash: a missing ``text`` column, a missing (None/NaN)
 or non-string review raises an ``MlflowException`` (INVALID_PARAMETER_VALUE, so HTTP 400 from
@@ -26,11 +27,14 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from mlflow.models import set_model
 
 TEXT_COLUMN = "text"
 KERAS_FILE = "model.keras"
 PREPROCESSING_FILE = "preprocessing.json"
 _PACKAGE = Path(__file__).parent
+MODEL_CODE = _PACKAGE / "serve_entry.py"  # the model from code MLflow runs on load
+__all__ = ["SentimentModel", "set_model"]  # set_model: for serve_entry, the one MLflow-free importer
 _INPUT_EXAMPLE = [
     "A moving, beautifully acted film; I was hooked from the first scene.",
     "Dull, predictable and far too long. I want my two hours back.",
@@ -161,9 +165,27 @@ def save_model(
     threshold: float,
     folder: Path,
 ) -> Path:
-    """Write the raw-text pyfunc (Keras file, preprocessing rules, the library modules it imports,
-    signature, input example, pinned requirements) as an MLflow model folder ``folder``."""
+    """Write the raw-text pyfunc as an MLflow model folder ``folder`` (see ``pyfunc_spec``)."""
     staging = folder.with_name(folder.name + "-staging")
+    spec = pyfunc_spec(keras_model, vocabulary, max_len, widths, threshold, staging)
+    with _without_type_hint_advice():  # given again when the model is saved
+        mlflow.pyfunc.save_model(folder, **spec)
+    shutil.rmtree(staging)
+    return folder
+
+
+def pyfunc_spec(
+    keras_model,
+    vocabulary: Sequence[str],
+    max_len: int,
+    widths: Sequence[int],
+    threshold: float,
+    staging: Path,
+) -> dict[str, Any]:
+    """Write the model's files (Keras file, preprocessing rules, the library modules it imports)
+    into ``staging`` and return the keyword arguments of ``mlflow.pyfunc.save_model``/``log_model``:
+    the model from code (``serve_entry.py``), its artifacts and code, signature, input example and
+    pinned requirements. ``staging`` must outlive the save or log call."""
     keras_path = staging / KERAS_FILE
     staging.mkdir(parents=True, exist_ok=True)
     keras_model.save(keras_path)
@@ -179,18 +201,14 @@ def save_model(
     code.mkdir(parents=True, exist_ok=True)
     for module in serving_modules():
         shutil.copy(_PACKAGE / module, code / module)
-    with _without_type_hint_advice():  # given again when the model is saved
-        mlflow.pyfunc.save_model(
-            folder,
-            python_model=SentimentModel(),
-            artifacts={"keras_model": str(keras_path), "preprocessing": str(rules_path)},
-            code_paths=[str(code)],
-            signature=_signature(),
-            input_example=pd.DataFrame({TEXT_COLUMN: _INPUT_EXAMPLE}),
-            pip_requirements=_requirements(),
-        )
-    shutil.rmtree(staging)
-    return folder
+    return {
+        "python_model": str(MODEL_CODE),
+        "artifacts": {"keras_model": str(keras_path), "preprocessing": str(rules_path)},
+        "code_paths": [str(code)],
+        "signature": _signature(),
+        "input_example": pd.DataFrame({TEXT_COLUMN: _INPUT_EXAMPLE}),
+        "pip_requirements": _requirements(),
+    }
 
 
 def serving_modules() -> list[str]:

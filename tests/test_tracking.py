@@ -59,14 +59,71 @@ def test_trial_runs_nest_under_the_parent_from_any_process(stores):
     import pickle
 
     with tracking.pipeline_run(stores, "exp", {}, DATASET) as parent:
-        tracker = pickle.loads(pickle.dumps(tracking.trial_tracker(parent, "exp", "study")))  # as a worker gets it
-        with tracker(3, {"cell": "gru"}) as trial:
+        tracker = pickle.loads(pickle.dumps(tracking.trial_tracker(parent, "exp", "study", DATASET)))  # as a worker gets it
+        with tracker(3, TRIAL_PARAMS) as trial:
             trial.log_metrics({"val_accuracy": 0.6}, step=1)
+            trial.log_metrics({"val_accuracy": 0.7}, step=2)
     logged = _run(stores, trial.run_id)
 
     assert logged.data.tags["mlflow.parentRunId"] == parent.run_id
-    assert logged.data.tags["mlflow.runName"] == "trial-003" and logged.data.tags["outcome"] == "complete"
-    assert logged.info.status == "FINISHED" and logged.data.params["cell"] == "gru"
+    assert logged.data.tags["mlflow.runName"] == "trial-003 bi-gru×2 32u d0.1 lr1.1e-3 · complete after 2 epochs"
+    assert logged.data.tags["outcome"] == "complete" and logged.data.tags["epochs"] == "2"
+    assert logged.info.status == "FINISHED" and logged.data.params["learning_rate"] == "0.0011234"
+    assert logged.inputs.dataset_inputs[0].dataset.digest == "d" * 32
+
+
+TRIAL_PARAMS = {
+    "cell": "gru",
+    "bidirectional": True,
+    "layers": 2,
+    "units": 32,
+    "dropout": 0.1,
+    "learning_rate": 0.0011234,
+}
+
+
+def test_a_pruned_trial_says_so_in_its_name_and_counts_the_epoch_it_was_pruned_on(stores):
+    class Pruned(Exception):
+        pass
+
+    with tracking.pipeline_run(stores, "exp", {}, DATASET) as parent:
+        tracker = tracking.trial_tracker(parent, "exp", "study")
+        with pytest.raises(Pruned), tracker(4, {"cell": "lstm", "layers": 1}) as trial:
+            trial.log_metrics({"val_accuracy": 0.5}, step=1)
+            trial.kill({"outcome": "pruned"})
+            raise Pruned
+    logged = _run(stores, trial.run_id)
+
+    assert logged.info.status == "KILLED" and logged.data.tags["epochs"] == "1"
+    assert logged.data.tags["mlflow.runName"] == "trial-004 lstm×1 · pruned after 1 epoch"
+    history = stores.mlflow_client().get_metric_history(trial.run_id, "val_accuracy")
+    assert [(m.step, m.value) for m in history] == [(1, 0.5)]
+
+
+def test_a_failed_trial_says_so_in_its_name(stores):
+    with tracking.pipeline_run(stores, "exp", {}, DATASET) as parent:
+        tracker = tracking.trial_tracker(parent, "exp", "study")
+        with pytest.raises(ValueError), tracker(5, {}) as trial:
+            raise ValueError("loss became nan")
+    logged = _run(stores, trial.run_id)
+
+    assert logged.info.status == "FAILED" and logged.data.tags["outcome"] == "failed"
+    assert logged.data.tags["mlflow.runName"] == "trial-005 · failed after 0 epochs"
+
+
+def test_an_experiment_opens_as_model_training_in_the_ui(stores):
+    client = stores.mlflow_client()
+    made_before = client.create_experiment("old")  # an experiment from before the tag existed
+    for name in ("new", "old"):
+        tracking.experiment_id(client, stores, name)
+        assert client.get_experiment_by_name(name).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client.get_experiment(made_before).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_metric_values_lose_float32_noise(stores):
+    with tracking.open_run(stores, "exp", "rounded", {}) as run:
+        run.log_metrics({"val_accuracy": 0.8399999737739563})
+    assert _run(stores, run.run_id).data.metrics["val_accuracy"] == 0.84
 
 
 def test_a_run_links_to_its_page_in_the_ui(stores):
