@@ -110,9 +110,16 @@ def evaluation_dataset(
 def predict_proba(
     model, x: np.ndarray, lengths: np.ndarray, widths: tuple[int, ...], batch_size: int = 1024
 ) -> np.ndarray:
-    """Positive-class probabilities in the input order, each review fed at its bucket width."""
+    """Positive-class probabilities in the input order, each review fed at its bucket width.
+
+    ``predict_on_batch`` rather than ``predict``: ``predict`` builds a dataset and an iterator on
+    every call, ~20 ms before any arithmetic, which is most of the time of a one-review request.
+    Both run the same traced function on the same batches, so the numbers are the same.
+    """
     probabilities = np.zeros(len(x), dtype=np.float64)
     for width, members in _bucket_groups(lengths, widths):
-        scores = model.predict(x[members, -width:], batch_size=batch_size, verbose=0)
-        probabilities[members] = np.asarray(scores, dtype=np.float64).reshape(-1)
+        for start in range(0, len(members), batch_size):
+            batch = members[start : start + batch_size]
+            scores = model.predict_on_batch(x[batch, -width:])
+            probabilities[batch] = np.asarray(scores, dtype=np.float64).reshape(-1)
     return probabilities

@@ -45,3 +45,64 @@ class MaskedMean(keras.layers.Layer):
 
     def compute_output_shape(self, vectors_shape, ids_shape):
         return (vectors_shape[0], vectors_shape[-1])
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class DistinctNgrams(keras.layers.Layer):
+    """Token ids → the ids of the review's distinct unigrams and hashed bigrams, each once.
+
+    Unigram ``t`` keeps id ``t``; bigram bucket ``b`` (``HashedBigrams``) becomes ``vocab_size + b``;
+    padding and repeats become 0. NBSVM reads presence, not counts (Wang & Manning 2012: binarized
+    features score better), so a repeat must not count twice: ids are sorted per review and an id
+    equal to its left neighbour is zeroed. Output width 2·T-1, in ``[0, vocab_size + buckets)``.
+    """
+
+    def __init__(self, vocab_size: int, buckets: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.buckets = buckets
+        self._bigrams = HashedBigrams(vocab_size, buckets)
+
+    def call(self, tokens):
+        bigrams = self._bigrams(tokens)
+        bigrams = ops.where(bigrams > 0, bigrams + self.vocab_size, ops.zeros_like(bigrams))
+        ids = ops.sort(ops.concatenate([ops.cast(tokens, "int64"), bigrams], axis=1), axis=1)
+        repeat = ops.concatenate(
+            [ops.zeros_like(ids[:, :1], dtype="bool"), ids[:, 1:] == ids[:, :-1]], axis=1
+        )
+        return ops.where(repeat, ops.zeros_like(ids), ids)
+
+    def compute_output_spec(self, tokens):
+        return keras.KerasTensor((tokens.shape[0], None), dtype="int64")
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "vocab_size": self.vocab_size, "buckets": self.buckets}
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class SumOverTime(keras.layers.Layer):
+    """(batch, time, features) → (batch, features): the sum over time (NBSVM's linear score)."""
+
+    def call(self, vectors):
+        return ops.sum(vectors, axis=1)
+
+    def compute_output_shape(self, shape):
+        return (shape[0], shape[-1])
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class WeightedAverage(keras.layers.Layer):
+    """``Σ wᵢ·xᵢ`` of its inputs with fixed weights that sum to 1 (the blend chosen on validation)."""
+
+    def __init__(self, blend_weights: list[float], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.blend_weights = [float(w) for w in blend_weights]
+
+    def call(self, inputs):
+        return sum(w * x for w, x in zip(self.blend_weights, inputs, strict=True))
+
+    def compute_output_shape(self, shapes):
+        return shapes[0]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "blend_weights": self.blend_weights}

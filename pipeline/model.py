@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import keras
+import numpy as np
 
 from pipeline.config import ConfigError, HParams, PipelineConfig
-from pipeline.layers import HashedBigrams, MaskedMean
+from pipeline.layers import DistinctNgrams, HashedBigrams, MaskedMean, SumOverTime, WeightedAverage
 
 _CELLS = {
     "simple_rnn": keras.layers.SimpleRNN,
@@ -78,18 +79,41 @@ def build_bigram_model(vocab_size: int, buckets: int, dim: int, *, jit_compile: 
     return model
 
 
-def average_models(members: Sequence[keras.Model], name: str = "blend") -> keras.Model:
-    """One model whose probability is the mean of its members' (saved and served as one file).
-
-    Members enter as uncompiled copies: a saved compiled member would carry its optimizer state.
+def build_nbsvm_model(vocab_size: int, buckets: int, ngram_weights, bias: float) -> keras.Model:
+    """NBSVM-LR (Wang & Manning 2012) over the same token ids, with weights fitted elsewhere
+    (``train.train_nbsvm_model``): the sigmoid of ``bias`` plus the weights of the review's distinct
+    unigrams and hashed bigrams (``DistinctNgrams``). ``ngram_weights`` has ``vocab_size + buckets``
+    entries, entry 0 (padding) zero. Not compiled: it is never trained by Keras.
     """
-    copies = []
-    for member in members:
-        copy = keras.models.clone_model(member)
-        copy.set_weights(member.get_weights())
-        copies.append(copy)
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
-    probability = keras.layers.Average(name="probability")([copy(tokens) for copy in copies])
+    ids = DistinctNgrams(vocab_size, buckets, name="ngram_ids")(tokens)
+    table = keras.layers.Embedding(vocab_size + buckets, 1, name="ngram_weight")
+    score = SumOverTime(name="score")(table(ids))
+    output = keras.layers.Dense(1, activation="sigmoid", name="probability")
+    model = keras.Model(tokens, output(score), name="nbsvm_sentiment")
+    table.set_weights([np.asarray(ngram_weights, dtype="float32").reshape(-1, 1)])
+    output.set_weights([np.ones((1, 1), "float32"), np.asarray([bias], "float32")])
+    return model
+
+
+def inference_copy(model: keras.Model) -> keras.Model:
+    """An uncompiled copy with the same weights: what is saved for serving. A compiled model (and
+    ``clone_model`` of one) saves its optimizer state too: Adam's two moments of every weight,
+    134 of the 209 MB of a blend with a 2^20-bucket bigram table."""
+    copy = keras.Model.from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def average_models(
+    members: Sequence[keras.Model], weights: Sequence[float] | None = None, name: str = "blend"
+) -> keras.Model:
+    """One model whose probability is the (``weights``-weighted, default equal) mean of its
+    members' (saved and served as one file). Members enter as uncompiled copies (``inference_copy``)."""
+    weights = list(weights) if weights is not None else [1 / len(members)] * len(members)
+    tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
+    scores = [inference_copy(member)(tokens) for member in members]
+    probability = WeightedAverage(weights, name="probability")(scores)
     return keras.Model(tokens, probability, name=name)
 
 

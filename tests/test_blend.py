@@ -39,8 +39,21 @@ def test_the_blend_is_kept_when_it_beats_the_rnn_on_validation():
         "val_accuracy_rnn": 0.5,
         "val_accuracy_bigrams": 1.0,
         "val_accuracy_rnn_bigrams": 1.0,
+        "blend_weight_rnn": 0.5,  # every weight that scores 1.0 ties: the nearest to 0.5 wins
     }
     assert choice.model.predict(val.x, verbose=0).reshape(-1) == pytest.approx([0.85, 0.65, 0.15, 0.45])
+
+
+def test_the_blend_weight_is_the_one_that_scores_best_on_validation():
+    val = _val([1, 1, 0, 0])
+    rnn = _constant_model([0.9, 0.0, 0.1, 0.6])  # confidently wrong on review 1
+    companion = _constant_model([0.6, 0.55, 0.4, 0.45])  # 4 of 4, but only just
+
+    choice = choose_blend(rnn, companion, val, widths=(2,))
+
+    assert choice.chosen == "rnn+bigrams" and choice.rnn_weight == 0.05  # the only weight with 4 of 4
+    expected = 0.05 * np.asarray([0.9, 0.0, 0.1, 0.6]) + 0.95 * np.asarray([0.6, 0.55, 0.4, 0.45])
+    assert choice.model.predict(val.x, verbose=0).reshape(-1) == pytest.approx(expected, abs=1e-6)
 
 
 def test_a_tie_keeps_the_rnn_alone():

@@ -3,12 +3,20 @@ bag-of-bigrams companion and the averaged model that serves both."""
 
 from __future__ import annotations
 
+import h5py
 import keras
 import numpy as np
 import pytest
 
 from pipeline.config import HParams
-from pipeline.model import PRESETS, average_models, build_bigram_model, build_model
+from pipeline.model import (
+    PRESETS,
+    average_models,
+    build_bigram_model,
+    build_model,
+    build_nbsvm_model,
+    inference_copy,
+)
 
 
 @pytest.mark.parametrize(
@@ -113,3 +121,46 @@ def test_averaged_model_is_the_mean_of_its_members_and_loads_back_in_safe_mode(t
     members = (rnn.predict(reviews, verbose=0) + bigrams.predict(reviews, verbose=0)) / 2
     assert blend.predict(reviews, verbose=0) == pytest.approx(members, abs=1e-6)
     assert loaded.predict(reviews, verbose=0) == pytest.approx(members, abs=1e-6)
+
+
+def test_a_served_blend_of_trained_members_carries_no_optimizer_state(tmp_path):
+    import zipfile
+
+    rnn = build_model(HParams(units=4, embedding_dim=4), vocab_size=50)
+    bigrams = build_bigram_model(vocab_size=50, buckets=64, dim=4)
+    reviews = np.array([[0, 0, 5, 6, 7], [2, 3, 4, 8, 9]], dtype="int32")
+    for member in (rnn, bigrams):  # a fitted member holds Adam's/RMSprop's slots
+        member.fit(reviews, np.array([1, 0]), epochs=1, verbose=0)
+
+    for name, model in {"blend": average_models([rnn, bigrams]), "rnn": inference_copy(rnn)}.items():
+        model.save(tmp_path / f"{name}.keras")
+        with zipfile.ZipFile(tmp_path / f"{name}.keras") as archive:
+            (tmp_path / name).mkdir()
+            weights = archive.extract("model.weights.h5", tmp_path / name)
+        with h5py.File(weights) as h5:
+            names: list[str] = []
+            h5.visit(names.append)
+        assert not [n for n in names if "optimizer" in n], name
+    assert inference_copy(rnn).predict(reviews, verbose=0) == pytest.approx(rnn.predict(reviews, verbose=0))
+
+
+def test_nbsvm_scores_the_sigmoid_of_its_distinct_ngram_weights_and_loads_back(tmp_path):
+    from pipeline.layers import DistinctNgrams
+
+    vocab_size, buckets = 10, 8
+    weights = np.linspace(-1, 1, vocab_size + buckets)
+    weights[0] = 0.0
+    model = build_nbsvm_model(vocab_size, buckets, weights, bias=0.25)
+    once = np.array([[0, 0, 3, 4]], dtype="int32")
+    twice = np.array([[3, 4, 3, 4]], dtype="int32")  # the same words and bigram, repeated
+
+    ids = np.asarray(DistinctNgrams(vocab_size, buckets)(once))[0]
+    assert sorted(ids[ids > 0])[:2] == [3, 4] and (ids > 0).sum() == 3  # 2 words, 1 bigram
+    expected = 1 / (1 + np.exp(-(0.25 + weights[ids].sum())))
+    assert model.predict(once, verbose=0)[0, 0] == pytest.approx(expected, abs=1e-6)
+    # presence, not counts: (4, 3) is one new bigram, nothing else counts twice
+    ids_twice = np.asarray(DistinctNgrams(vocab_size, buckets)(twice))[0]
+    assert (ids_twice > 0).sum() == 4 and len(set(ids_twice[ids_twice > 0])) == 4
+    model.save(tmp_path / "nbsvm.keras")
+    loaded = keras.saving.load_model(tmp_path / "nbsvm.keras", compile=False, safe_mode=True)
+    assert loaded.predict(twice, verbose=0) == pytest.approx(model.predict(twice, verbose=0), abs=1e-6)

@@ -78,3 +78,24 @@ def test_bigram_buckets_fit_the_data_and_never_pass_the_cap(sample_data):
     small = bigram_bucket_count(sample_data.train, sample_data.vocab_size_effective, 2**20)
     assert small & (small - 1) == 0 and small < 2**20  # a power of two, below the cap on 160 reviews
     assert bigram_bucket_count(sample_data.train, sample_data.vocab_size_effective, 64) == 64
+
+
+def test_the_nbsvm_companion_learns_from_a_few_reviews_and_agrees_with_its_features(sample_data):
+    from pipeline.train import NBSVM_C, nb_ratio, ngram_matrix, train_nbsvm_model
+
+    cfg = TrainConfig(bigram_buckets=2**12)
+    widths = (100, 400)
+    model, result = train_nbsvm_model(sample_data, cfg, widths=widths)
+
+    assert result.best_value > 0.6 and result.history == {"val_accuracy": [result.best_value]}
+    # the Keras model is the logistic regression on the NB-scaled features, at any bucket width
+    from sklearn.linear_model import LogisticRegression
+
+    vocab, buckets = sample_data.vocab_size_effective, model.get_layer("ngram_ids").buckets
+    features = ngram_matrix(sample_data.train.x, vocab, buckets)
+    ratio = nb_ratio(features, sample_data.train.y)
+    reference = LogisticRegression(C=NBSVM_C, solver="liblinear", dual=True, max_iter=1000)
+    reference.fit(features.multiply(ratio).tocsr(), sample_data.train.y)
+    val = ngram_matrix(sample_data.val.x, vocab, buckets).multiply(ratio).tocsr()
+    expected = reference.predict_proba(val)[:, 1]
+    assert model.predict(sample_data.val.x, verbose=0).reshape(-1) == pytest.approx(expected, abs=1e-5)
