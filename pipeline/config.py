@@ -96,7 +96,12 @@ class TrainConfig(_Frozen):
         description="hashed bigram ids of the bag-of-bigrams companion, averaged with the RNN when "
         "that wins on validation (fewer when the training reviews hold fewer bigrams); 0: the RNN alone",
     )
-    bigram_dim: int = Field(16, ge=1, le=1024, description="embedding width of the bag-of-bigrams companion")
+    bigram_dim: int = Field(16, ge=1, le=1024, description="embedding width of the fastText companion")
+    companion: Literal["nbsvm", "fasttext"] = Field(
+        "nbsvm",
+        description="the bag-of-n-grams companion: NBSVM (binary 1-2-grams scaled by their naive-Bayes "
+        "ratio, logistic regression) or fastText (mean n-gram embeddings)",
+    )
 
     @field_validator("bigram_buckets")
     @classmethod
