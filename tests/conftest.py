@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# Session-scoped real services (PostgreSQL cluster, MLflow server), started only by tests that ask.
+from services import mlflow_server, postgres  # noqa: F401
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
