@@ -333,6 +333,20 @@ def _with_timing(data: PreparedData, started: float, from_cache: bool) -> Prepar
 # --- cache ---------------------------------------------------------------------------------
 
 
+def save(data: PreparedData, file: Path) -> None:
+    """Write prepared data to ``file`` in the cache's format (atomically): how it crosses process
+    and pod boundaries, e.g. as a Kubeflow ``Dataset`` artifact."""
+    _save_cache(data, Path(file))
+
+
+def load(file: Path) -> PreparedData:
+    """Prepared data written by ``save``. Raises DataError naming the file when it cannot be read."""
+    try:
+        return _load_cache(Path(file))
+    except (OSError, ValueError, KeyError) as error:
+        raise DataError(f"prepared data {file}: cannot be read ({error})") from None
+
+
 def source_fingerprint(path: Path) -> str:
     """Cheap identity of the source: the archive's bytes, or a folder's names, sizes and mtimes."""
     path = Path(path)

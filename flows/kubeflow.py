@@ -1,0 +1,510 @@
+"""The same stages as a Kubeflow Pipelines (KFP v2) pipeline: components, the pipeline, compile, submit.
+
+    prepare → create_study → ParallelFor(workers) search_worker → train_best → evaluate → register
+
+Each component is a lightweight Python component whose body runs one library stage on values it
+reads from its inputs (the config, the prepared data, the model), in the project's image. What
+crosses pods: the prepared arrays as a ``Dataset`` artifact (``pipeline.data.save``/``load``), the
+trained model and its evaluation as artifacts, and the MLflow run id of the pipeline's parent run;
+the study itself lives in the study storage every worker reaches.
+
+Pipeline parameters are the config fields, generated from the config model (``parameters()``):
+``data.max_len`` is the parameter ``data_max_len``, with the field's default; a field whose default
+is None or a path of the compiling machine is a string whose "" means "the config's default where
+the task runs" (``data_path=""``: the sample shipped in the image). The stores are no parameters:
+``MLFLOW_TRACKING_URI`` and ``SENTIMENT_SEARCH_STORAGE`` come from a Kubernetes secret
+(``use_secret_as_env``), so no URI or password is ever written into the compiled YAML.
+
+This module imports KFP: the CLI imports it only inside the ``kubeflow`` commands, and KFP is the
+optional extra ``[kubeflow]``. The component functions are written without ``from __future__ import
+annotations`` because KFP reads their annotations as types. The tasks import this module too, inside
+KFP's executor, where importing ``kfp.compiler`` or ``kfp.kubernetes`` is a circular import: those
+two are imported only where the pipeline is built.
+"""
+
+import inspect
+import os
+import pickle
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import yaml
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+from pipeline import config as config_model
+from pipeline.config import PROJECT_ROOT, PipelineConfig, load_config
+
+PIPELINE_NAME = "imdb-sentiment"
+DEFAULT_IMAGE = "imdb-sentiment:0.1.0"
+DEFAULT_SECRET = "imdb-sentiment-stores"
+# The secret's keys and the environment variables they become in every task that touches a store.
+SECRET_KEYS = {"tracking-uri": "MLFLOW_TRACKING_URI", "study-storage": "SENTIMENT_SEARCH_STORAGE"}
+# The sections a training run reads (``sentiment run``'s), less the stores: they come from the secret.
+SECTIONS = ("data", "search", "train", "tracking")
+STORE_FIELDS = ("tracking.tracking_uri", "tracking.artifact_root", "search.storage")
+# Set by the KFP MLflow plugin in every task's container: the task's own run, nested under the run
+# the plugin opened for the pipeline run.
+PLUGIN_RUN_ENV = "MLFLOW_RUN_ID"
+PARENT_RUN_TAG = "mlflow.parentRunId"
+
+
+# --- pipeline parameters, generated from the config model ------------------------------------
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One pipeline parameter: a config field under a valid KFP name."""
+
+    dotted: str  # data.max_len
+    name: str  # data_max_len (section names hold no "_", so the name maps back)
+    annotation: type
+    default: Any
+    description: str
+    text: bool  # the field takes text as it is (str, Literal, Path): never parsed
+    many: bool  # a tuple field: comma-separated in the parameter
+
+
+def parameters() -> list[Parameter]:
+    """Every field of the training sections but the stores, as a pipeline parameter."""
+    found = []
+    for dotted, field in config_model.fields():
+        if dotted.split(".")[0] not in SECTIONS or dotted in STORE_FIELDS:
+            continue
+        annotation, default = _kfp_type(field.default)
+        leaf_type = _leaf_type(field.annotation)
+        found.append(
+            Parameter(
+                dotted=dotted,
+                name=dotted.replace(".", "_"),
+                annotation=annotation,
+                default=default,
+                description=field.description or "",
+                text=leaf_type in (str, Path),
+                many=isinstance(field.default, tuple),
+            )
+        )
+    return found
+
+
+def _kfp_type(default: Any) -> tuple[type, Any]:
+    """(KFP parameter type, its default) for a field's default. KFP parameters cannot be None
+    (its local runner rejects a parameter without a default), and a path default names a folder of
+    the compiling machine: both become "" (the config's default where the task runs)."""
+    if isinstance(default, bool | int | float | str):
+        return type(default), default
+    if isinstance(default, tuple):
+        return str, ",".join(default)
+    return str, ""
+
+
+def _leaf_type(annotation: Any) -> Any:
+    import typing
+
+    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    if typing.get_origin(annotation) is typing.Literal:
+        return str
+    if args and typing.get_origin(annotation) is not typing.Literal:
+        return _leaf_type(args[0])
+    return annotation
+
+
+def config_from_parameters(values: Mapping[str, Any]) -> PipelineConfig:
+    """The config a task runs with: the pipeline parameters (``{"data.max_len": 300}``) over the
+    task's environment (the secret's ``MLFLOW_TRACKING_URI`` and ``SENTIMENT_SEARCH_STORAGE``) over
+    the defaults. KFP may hand a parameter over as text (its local runner writes ``300.0``):
+    non-text values are parsed as YAML scalars, and pydantic checks them. Raises ConfigError
+    naming the field."""
+    options: dict[str, Any] = {}
+    for parameter in parameters():
+        value = values.get(parameter.dotted)
+        if value is None or value == "":
+            continue
+        if parameter.many and isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        elif isinstance(value, str) and not parameter.text:
+            value = yaml.safe_load(value)
+        options[parameter.dotted] = value
+    return load_config(options, sections=SECTIONS)
+
+
+def pipeline_arguments(cfg: PipelineConfig) -> dict[str, Any]:
+    """The parameters a run of ``cfg`` sets: only those that differ from the compiled defaults,
+    encoded as the parameters are (paths as text, tuples comma-separated)."""
+    flat = cfg.flat_params()
+    defaults = config_model.build_config().flat_params()
+    arguments = {}
+    for parameter in parameters():
+        value = flat[parameter.dotted]
+        if value == defaults[parameter.dotted]:
+            continue
+        if isinstance(value, list | tuple):
+            value = ",".join(value)
+        elif value is None:
+            value = ""
+        elif parameter.annotation is str and not isinstance(value, str):
+            value = yaml.safe_dump(value).removesuffix("\n...\n").strip()  # 300, true: read back as YAML
+        arguments[parameter.name] = value
+    return arguments
+
+
+# --- what every component does around its stage ------------------------------------------------
+
+
+def task_config(config: Mapping[str, Any]) -> tuple[PipelineConfig, Any]:
+    """The task's config and stores (checked: a dead store fails here, in seconds, naming it)."""
+    from pipeline.stores import preflight
+
+    cfg = config_from_parameters(config)
+    return cfg, preflight(cfg)
+
+
+def worker_config(cfg: PipelineConfig, worker: int) -> PipelineConfig:
+    """Search worker ``worker``'s config: its sampler seeded apart from the other workers' (the
+    seed is not part of the study's identity), so pods of one study do not draw the same trials."""
+    if cfg.search.seed is None:
+        return cfg
+    search = cfg.search.model_copy(update={"seed": cfg.search.seed + worker})
+    return cfg.model_copy(update={"search": search})
+
+
+@contextmanager
+def parent_run(stores: Any, cfg: PipelineConfig, data: Any, kfp_run_id: str) -> Iterator[str]:
+    """The MLflow run of this pipeline run, every later task logs under it: the run the KFP MLflow
+    plugin opened for the pipeline run when it is on (the parent of its task run, ``MLFLOW_RUN_ID``),
+    else a parent run made here like the Prefect flow's (config params, dataset). Yields its id."""
+    from pipeline import stages, tracking
+
+    plugin_task_run = os.environ.get(PLUGIN_RUN_ENV)
+    if plugin_task_run:
+        found = stores.mlflow_client().get_run(plugin_task_run)
+        run_id = found.data.tags.get(PARENT_RUN_TAG, plugin_task_run)
+        with tracking.attach_run(stores, run_id) as run:
+            run.log_params(cfg.flat_params() | {"tracking.tracking_uri": stores.tracking_uri})
+            tracking.log_dataset(run, stages.dataset_record(data))
+            run.set_tags({"kfp_run_id": kfp_run_id, "stage": "pipeline"})
+            yield run.run_id
+        return
+    with stages.pipeline_run(stores, cfg, data, run_name=f"kfp-{kfp_run_id}") as run:
+        run.set_tags({"kfp_run_id": kfp_run_id, "orchestrator": "kubeflow"})
+        yield run.run_id
+
+
+@contextmanager
+def on_parent(stores: Any, run_id: str, task: str, end: bool = False) -> Iterator[Any]:
+    """The pipeline's parent run, for one task: tagged with the task that ran (``kfp_task.<name>``),
+    marked FAILED with the reason if the task raises, ended FINISHED by the last task (``end``)."""
+    from pipeline import tracking
+
+    with tracking.attach_run(stores, run_id, end=end) as run:
+        yield run
+        run.set_tags({f"kfp_task.{task}": "done"})
+
+
+def save_value(value: Any, path: str) -> None:
+    """An in-memory result (a FinalModel with its Keras model, an Evaluation) as a file for the
+    next task. Pickle, because both ends run the same image within one pipeline run; nothing kept
+    longer goes this way (the model to keep is logged to MLflow)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as out:
+        pickle.dump(value, out)
+
+
+def load_value(path: str) -> Any:
+    import pipeline.layers  # noqa: F401 (registers the companion's Keras layers before unpickling)
+
+    with open(path, "rb") as stored:
+        return pickle.load(stored)
+
+
+# --- the components: one library stage each ----------------------------------------------------
+
+
+def prepare(config: dict, prepared: Output[Dataset]) -> None:
+    """Read, split and encode the reviews (``data.prepare``); the arrays as a Dataset artifact."""
+    from flows.kubeflow import config_from_parameters
+    from pipeline import data
+
+    cfg = config_from_parameters(config)
+    data.save(data.prepare(cfg.data), prepared.path)
+
+
+def create_study(config: dict, prepared: Input[Dataset], kfp_run_id: str) -> dict:
+    """The study every search worker joins (``stages.create_study``), under the pipeline's parent
+    MLflow run; returns the study and the parent run id."""
+    from dataclasses import asdict
+
+    from flows.kubeflow import parent_run, task_config
+    from pipeline import data, stages
+
+    cfg, stores = task_config(config)
+    prepared_data = data.load(prepared.path)
+    with parent_run(stores, cfg, prepared_data, kfp_run_id) as run_id:
+        study = stages.create_study(stores, cfg, prepared_data, parent_run_id=run_id)
+    return asdict(study) | {"pipeline_run_id": run_id}
+
+
+def search_worker(config: dict, prepared: Input[Dataset], study: dict, worker: int) -> dict:
+    """Join the study until its study-wide target is met (``stages.search_worker``); a retried
+    worker resumes the study rather than adding trials."""
+    from dataclasses import asdict
+
+    from flows.kubeflow import task_config, worker_config
+    from pipeline import data, stages
+
+    cfg, stores = task_config(config)
+    cfg = worker_config(cfg, worker)
+    return asdict(stages.search_worker(stores, cfg, data.load(prepared.path))) | {"worker": worker}
+
+
+def train_best(
+    config: dict, prepared: Input[Dataset], study: dict, workers: list[dict], model: Output[Model]
+) -> dict:
+    """Train the study's best configuration (``stages.study_result`` → ``stages.train_final``) on
+    the parent run; the model (a pickled FinalModel) as a Model artifact."""
+    from flows.kubeflow import on_parent, save_value, task_config
+    from pipeline import data, stages
+
+    cfg, stores = task_config(config)
+    prepared_data = data.load(prepared.path)
+    with on_parent(stores, study["pipeline_run_id"], "train-best") as run:
+        best = stages.study_result(stores, cfg, run)
+        final = stages.train_final(best.best_hparams, prepared_data, cfg, run)
+    save_value(final, model.path)
+    return {
+        "best_trial": best.best_trial,
+        "best_value": best.best_value,
+        "best_hparams": best.best_hparams.model_dump(),
+    }
+
+
+def evaluate(
+    config: dict,
+    prepared: Input[Dataset],
+    study: dict,
+    model: Input[Model],
+    evaluation: Output[Artifact],
+    metrics: Output[Metrics],
+) -> None:
+    """Test metrics and plots on the parent run (``stages.evaluate_model``), and in the KFP UI."""
+    from flows.kubeflow import load_value, on_parent, save_value, task_config
+    from pipeline import data, stages
+
+    cfg, stores = task_config(config)
+    with on_parent(stores, study["pipeline_run_id"], "evaluate") as run:
+        result = stages.evaluate_model(load_value(model.path), data.load(prepared.path), run)
+    save_value(result, evaluation.path)
+    for name, value in result.metrics.items():
+        if value == value:  # NaN: an undefined metric
+            metrics.log_metric(name, value)
+
+
+def register(
+    config: dict,
+    prepared: Input[Dataset],
+    study: dict,
+    model: Input[Model],
+    evaluation: Input[Artifact],
+    best: dict,
+) -> dict:
+    """Log the model and register it, promoted only if it beats the champion on the same test
+    reviews (``stages.log_model`` → ``stages.register_model``, as the Prefect flow runs them);
+    ends the parent run. Returns the run's summary, with the ``best`` trial train_best trained."""
+    from flows.kubeflow import load_value, on_parent, task_config
+    from pipeline import data, stages
+
+    cfg, stores = task_config(config)
+    final, result = load_value(model.path), load_value(evaluation.path)
+    prepared_data = data.load(prepared.path)
+    with on_parent(stores, study["pipeline_run_id"], "register", end=True) as run:
+        uri = stages.log_model(final, prepared_data, run)
+        decision = stages.register_model(cfg, uri, final, result, prepared_data, run)
+    return stages.summarize(cfg, run, final, result, model_uri=uri, decision=decision).to_dict() | best
+
+
+COMPONENTS = (prepare, create_study, search_worker, train_best, evaluate, register)
+
+
+# --- resources, from what the tasks used on the sample and the full dataset ---------------------
+
+
+class Resources(NamedTuple):
+    cpu_request: str
+    cpu_limit: str
+    memory_request: str
+    memory_limit: str
+
+
+# A trial's recurrent loop keeps about one core busy (../shared/notes/stack-facts.md), and
+# ``search.workers`` trials run side by side in one worker pod; the final model trains the RNN and
+# then its companion on every training review. Memory: TensorFlow's runtime and the padded arrays.
+RESOURCES = {
+    "prepare": Resources("1", "2", "2Gi", "4Gi"),
+    "create-study": Resources("500m", "1", "1Gi", "2Gi"),
+    "search-worker": Resources("1", "2", "3Gi", "6Gi"),
+    "train-best": Resources("2", "4", "4Gi", "8Gi"),
+    "evaluate": Resources("1", "2", "3Gi", "6Gi"),
+    "register": Resources("1", "2", "3Gi", "6Gi"),
+}
+SEARCH_RETRIES = 2
+
+
+def _configure(task: Any, name: str, secret: str | None) -> Any:
+    """Resources, no KFP cache (the stores hold the state: a cached search or registration would
+    silently skip work) and, for tasks that touch a store, the secret as environment variables."""
+    from kfp import kubernetes
+
+    limits = RESOURCES[name]
+    task.set_cpu_request(limits.cpu_request).set_cpu_limit(limits.cpu_limit)
+    task.set_memory_request(limits.memory_request).set_memory_limit(limits.memory_limit)
+    task.set_caching_options(False)
+    if secret is not None:
+        kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=SECRET_KEYS)
+    return task
+
+
+# --- the pipeline --------------------------------------------------------------------------------
+
+
+def build_pipeline(
+    image: str = DEFAULT_IMAGE, workers: int = 2, secret: str | None = DEFAULT_SECRET
+) -> Callable:
+    """The KFP pipeline: one parameter per config field (``parameters()``), ``workers`` search pods
+    at once, every component in ``image``, the stores from the Kubernetes secret ``secret`` (None: from
+    the environment the tasks inherit, as with the local runner)."""
+    if workers < 1:
+        raise config_model.ConfigError(f"invalid option --workers: must be at least 1 (got {workers})")
+    found = parameters()
+    made = {
+        name: dsl.component(function, base_image=image, install_kfp_package=False)
+        for name, function in ((f.__name__, f) for f in COMPONENTS)
+    }
+
+    def imdb_sentiment(*values: Any) -> dict:
+        config = {parameter.dotted: value for parameter, value in zip(found, values, strict=True)}
+        prep = _configure(made["prepare"](config=config), "prepare", None)
+        prepared = prep.outputs["prepared"]
+        study = _configure(
+            made["create_study"](config=config, prepared=prepared, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER),
+            "create-study",
+            secret,
+        )
+        with dsl.ParallelFor(items=list(range(workers)), parallelism=workers) as worker:
+            searched = _configure(
+                made["search_worker"](config=config, prepared=prepared, study=study.output, worker=worker),
+                "search-worker",
+                secret,
+            )
+            searched.set_retry(num_retries=SEARCH_RETRIES, backoff_duration="30s", backoff_factor=2)
+        trained = _configure(
+            made["train_best"](
+                config=config, prepared=prepared, study=study.output, workers=dsl.Collected(searched.output)
+            ),
+            "train-best",
+            secret,
+        )
+        model = trained.outputs["model"]
+        evaluated = _configure(
+            made["evaluate"](config=config, prepared=prepared, study=study.output, model=model),
+            "evaluate",
+            secret,
+        )
+        registered = _configure(
+            made["register"](
+                config=config,
+                prepared=prepared,
+                study=study.output,
+                model=model,
+                evaluation=evaluated.outputs["evaluation"],
+                best=trained.outputs["Output"],
+            ),
+            "register",
+            secret,
+        )
+        return registered.output
+
+    imdb_sentiment.__signature__ = inspect.Signature(
+        [
+            inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.default, annotation=p.annotation)
+            for p in found
+        ],
+        return_annotation=dict,
+    )
+    imdb_sentiment.__doc__ = _docstring(found)
+    return dsl.pipeline(name=PIPELINE_NAME)(imdb_sentiment)
+
+
+def _docstring(found: list[Parameter]) -> str:
+    """KFP reads parameter descriptions from the pipeline's docstring (Google style)."""
+    lines = [
+        "IMDB sentiment: prepare, an Optuna search fanned out over pods, final training, evaluation "
+        "and the McNemar-gated registry, tracked in MLflow.",
+        "",
+        "Args:",
+    ]
+    for parameter in found:
+        note = " ('': the config's default)" if parameter.default == "" else ""
+        if parameter.many:
+            note = " (comma-separated)"
+        lines.append(f"    {parameter.name}: {parameter.dotted}: {parameter.description}{note}")
+    return "\n".join(lines)
+
+
+def compile_pipeline(
+    output: Path, image: str = DEFAULT_IMAGE, workers: int = 2, secret: str = DEFAULT_SECRET
+) -> Path:
+    """Write the pipeline's YAML to ``output`` (the same bytes for the same arguments); ``output``."""
+    from kfp import compiler
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(image, workers, secret), str(output))
+    return output
+
+
+def submit(
+    cfg: PipelineConfig,
+    host: str,
+    experiment: str,
+    image: str = DEFAULT_IMAGE,
+    workers: int = 2,
+    secret: str = DEFAULT_SECRET,
+    run_name: str | None = None,
+) -> str:
+    """Compile and start a run on the KFP at ``host`` with ``cfg``'s non-default settings as
+    arguments (``kfp.Client``: credentials from the usual kube/KFP environment); the run's URL."""
+    import kfp
+
+    client = kfp.Client(host=host)
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_pipeline(Path(tmp) / "imdb_sentiment.yaml", image, workers, secret)
+        run = client.create_run_from_pipeline_package(
+            str(package), arguments=pipeline_arguments(cfg), experiment_name=experiment, run_name=run_name
+        )
+    return f"{host.rstrip('/')}/#/runs/details/{run.run_id}"
+
+
+def run_local(cfg: PipelineConfig, workers: int = 2, root: Path | None = None) -> dict:
+    """Run the pipeline on this machine with KFP's local runner, each task a subprocess of this
+    Python (no Docker, no cluster): the stores ``cfg`` resolves to are handed to the tasks through
+    the environment, as the secret hands them over on a cluster. Returns the register task's
+    summary; raises RuntimeError naming the failed task."""
+    from kfp import local
+
+    from pipeline.stores import preflight
+
+    stores = preflight(cfg)
+    os.environ["MLFLOW_TRACKING_URI"] = stores.tracking_uri
+    os.environ["SENTIMENT_SEARCH_STORAGE"] = stores.study_storage
+    # The tasks run `python3 -m kfp.dsl.executor_main`: this interpreter's, with the project on it.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    root = root or PROJECT_ROOT / ".cache" / "kfp-local"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    task = build_pipeline(workers=workers, secret=None)(**pipeline_arguments(cfg))
+    return task.output
+
