@@ -478,14 +478,24 @@ def submit(
 ) -> str:
     """Compile and start a run on the KFP at ``host`` with ``cfg``'s non-default settings as
     arguments (``kfp.Client``: credentials from the usual kube/KFP environment); the run's URL."""
+    import warnings
+
     import kfp
 
-    client = kfp.Client(host=host)
+    from pipeline.stores import StoreError
+
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(Path(tmp) / "imdb_sentiment.yaml", image, workers, secret)
-        run = client.create_run_from_pipeline_package(
-            str(package), arguments=pipeline_arguments(cfg), experiment_name=experiment, run_name=run_name
-        )
+        try:
+            with warnings.catch_warnings():  # "This client only works with KFP v2.0.0-beta.2 and later"
+                warnings.simplefilter("ignore", FutureWarning)
+                client = kfp.Client(host=host)
+            run = client.create_run_from_pipeline_package(
+                str(package), arguments=pipeline_arguments(cfg), experiment_name=experiment, run_name=run_name
+            )
+        except Exception as error:  # the client's errors are urllib3's and its API's: name the host
+            reason = str(error).strip().splitlines()[0][:300]
+            raise StoreError(f"Kubeflow Pipelines API {host}: {type(error).__name__}: {reason}") from error
     return f"{host.rstrip('/')}/#/runs/details/{run.run_id}"
 
 
