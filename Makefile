@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast benchmark benchmark-serving
+.PHONY: run test test-fast benchmark benchmark-serving image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,3 +27,7 @@ benchmark: $(STAMP)  ## notebook recipe vs pipeline on the full dataset (issue: 
 
 benchmark-serving: $(STAMP)  ## HTTP latency and throughput of the registered champion (after `make run`)
 	$(VENV)/bin/python -m benchmarks.serving $(ARGS)
+
+IMAGE ?= imdb-sentiment:0.1.0
+image:  ## the project's image for Kubeflow (where a Docker engine runs): make image IMAGE=registry/imdb-sentiment:TAG
+	docker build -t $(IMAGE) .
