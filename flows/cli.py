@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -68,6 +69,20 @@ Secret = Annotated[
         "(default: imdb-sentiment-stores)"
     ),
 ]
+
+
+class Where(StrEnum):
+    local = "local"
+    pool = "pool"
+
+
+Dispatch = Annotated[
+    Where,
+    typer.Option(
+        help="where the search runs: this machine (--workers processes), or --workers runs of the "
+        "search-worker deployment on its Prefect work pool, all joining one study (docs/scale-out.md)",
+    ),
+]
 Restore = Annotated[
     str | None, typer.Option(help="version to restore (default: the one the champion replaced)")
 ]
@@ -79,7 +94,7 @@ def champion_uri(cfg) -> str:
 
 @app.command()
 @config_options(*TRAINING)
-def run(cfg, force: Force = False, as_json: Json = False) -> None:
+def run(cfg, force: Force = False, dispatch: Dispatch = Where.local, as_json: Json = False) -> None:
     """The whole pipeline as a Prefect flow: prep, search, final training, evaluation, registry.
 
     Skips (recording a skipped MLflow run) when the champion was trained on the same data and
@@ -88,11 +103,13 @@ def run(cfg, force: Force = False, as_json: Json = False) -> None:
     from pipeline.stores import preflight
 
     preflight(cfg)  # a missing dataset or a dead store: one line in seconds, before heavy imports
+    if dispatch is Where.pool and not os.environ.get("PREFECT_API_URL"):
+        fail("--dispatch pool needs the Prefect server the work pool's workers poll: set PREFECT_API_URL", code=2)
     from flows.prefect_api import prefect_api
     from flows.training import training_flow
 
     with prefect_api():
-        print_result(training_flow(config=cfg, force=force), as_json)
+        print_result(training_flow(config=cfg, force=force, dispatch=dispatch.value), as_json)
 
 
 @app.command()
@@ -202,6 +219,33 @@ def schedule(
     from flows.deploy import retraining_deployment, serve_retraining
 
     serve_retraining(retraining_deployment(cfg, name, cron, timezone, mlflow_ui_url))
+
+
+@app.command()
+@config_options("tracking")
+def ui(cfg, port: Annotated[int, typer.Option(min=0, help="port (0: a free one)")] = 0) -> None:
+    """The MLflow UI on the project's store, on 127.0.0.1 (prints the URL; Ctrl-C stops it)."""
+    import tempfile
+
+    from pipeline import ui as mlflow_ui
+    from pipeline.stores import resolve
+
+    stores = resolve(cfg)
+    if not stores.is_local:  # a tracking server serves its own UI
+        typer.echo(stores.ui_url())
+        return
+    log = Path(tempfile.mkdtemp(prefix="sentiment-ui-")) / "mlflow-ui.log"
+    try:
+        running = mlflow_ui.start(stores, log, port=port or None)
+    except mlflow_ui.UiError as error:
+        fail(str(error))
+    typer.echo(f"MLflow UI for {stores.tracking_uri}: {running.url}  (Ctrl-C stops it; log: {log})")
+    try:
+        running.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        running.stop()
 
 
 @app.command()

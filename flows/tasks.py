@@ -36,8 +36,9 @@ def _transient(task, task_run, state) -> bool:
     return error is not None and is_transient(error)
 
 
-# Store calls retry three times (2, 4, 8 s, ±50 %: at most ~21 s); the search and the training do
-# not (a new try of the search would start a new batch of trials; failed trials are the study's).
+# Store calls retry three times (2, 4, 8 s, ±50 %: at most ~21 s). So does the search: a new try
+# resumes the study towards the same target (kept in the study under the pipeline run's id), and
+# a search worker's new try rejoins its study. The training does not (a new try starts over).
 STORE_RETRIES: dict[str, Any] = {
     "retries": 3,
     "retry_delay_seconds": exponential_backoff(backoff_factor=2),
@@ -50,7 +51,10 @@ ONCE: dict[str, Any] = {"cache_policy": NO_CACHE}
 prepare = task(data.prepare, cache_policy=NO_CACHE)
 check_champion = task(stages.check_champion, **STORE_RETRIES)
 record_skipped_run = task(stages.record_skipped_run, **STORE_RETRIES)
-search_hparams = task(stages.search_hparams, **ONCE)
+search_hparams = task(stages.search_hparams, **STORE_RETRIES)
+create_study = task(stages.create_study, **STORE_RETRIES)
+search_worker = task(stages.search_worker, **STORE_RETRIES)
+study_result = task(stages.study_result, **STORE_RETRIES)
 train_final = task(stages.train_final, **ONCE)
 evaluate_model = task(stages.evaluate_model, **STORE_RETRIES)
 log_model = task(stages.log_model, **STORE_RETRIES)

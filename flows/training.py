@@ -12,11 +12,15 @@ stops, unless ``force`` is set. Every run ends with a markdown summary artifact.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from prefect import flow
 from prefect.runtime import flow_run
 
+from flows.dispatch import dispatch_search_workers
 from flows.tasks import (
     check_champion,
+    create_study,
     evaluate_model,
     log_model,
     prepare,
@@ -24,12 +28,14 @@ from flows.tasks import (
     record_skipped_run,
     register_model,
     search_hparams,
+    search_worker,
+    study_result,
     train_final,
 )
 from pipeline.config import HParams, PipelineConfig
 from pipeline.data import PreparedData
 from pipeline.registry import ChampionCheck
-from pipeline.search import SearchResult
+from pipeline.search import SearchResult, WorkerResult
 from pipeline.stages import RunSummary, pipeline_run, summarize
 from pipeline.stores import preflight
 from pipeline.tracking import RunHandle
@@ -48,11 +54,14 @@ def training_flow(
     config: PipelineConfig = PipelineConfig(),  # noqa: B008 (frozen)
     force: bool = False,
     mlflow_ui_url: str | None = None,
+    dispatch: Literal["local", "pool"] = "local",
 ) -> RunSummary:
     """Prepare, search, train, evaluate, log and register a sentiment model; a summary of the run.
 
     Skips (and records a skipped MLflow run) when the champion was trained on the same data and
-    config, unless ``force``. ``mlflow_ui_url`` is where the summary's run link points.
+    config, unless ``force``. ``mlflow_ui_url`` is where the summary's run link points. With
+    ``dispatch="pool"`` the search runs as ``search.workers`` runs of the search-worker
+    deployment on its work pool (``flows/dispatch.py``), all joining this run's study.
     """
     stores = preflight(config)
     data = prepare(config.data)
@@ -61,7 +70,12 @@ def training_flow(
         summary = record_skipped_run(stores, config, data, check, mlflow_ui_url)
     else:
         with pipeline_run(stores, config, data) as run:
-            searched = search_hparams(data, config, run)
+            if dispatch == "pool":
+                create_study(stores, config, data, parent_run_id=run.run_id)
+                dispatch_search_workers(config, config.search.workers)
+                searched = study_result(stores, config, run)
+            else:
+                searched = search_hparams(data, config, run)
             summary = _train_to_registry(
                 searched.best_hparams, data, config, run, True, searched, check, force, mlflow_ui_url
             )
@@ -88,6 +102,14 @@ def search_flow(config: PipelineConfig) -> SearchResult:
     data = prepare(config.data)
     with pipeline_run(stores, config, data, f"search-{config.search.study_name}") as run:
         return search_hparams(data, config, run)
+
+
+@flow(name="imdb-sentiment-search-worker")
+def search_worker_flow(config: PipelineConfig) -> WorkerResult:
+    """Join the study ``config.search.study_name`` until its target is met: one search worker,
+    run by a work pool (``dispatch="pool"``) or by hand."""
+    stores = preflight(config)
+    return search_worker(stores, config, prepare(config.data))
 
 
 def _train_to_registry(

@@ -210,6 +210,29 @@ def claim_study(study: optuna.Study, cfg: PipelineConfig, data_digest: str, **re
     return stored
 
 
+def own_study(
+    study: optuna.Study, cfg: PipelineConfig, data_digest: str, invocation: str | None, **record: Any
+) -> StudyRecord:
+    """The study's record for a pipeline run that drives it (``sentiment run``, a Kubeflow or
+    work-pool run): its target becomes ``search.trials`` more than the study has finished (kept
+    under ``invocation`` for a retry), and ``record`` (its parent run) is written, so workers can
+    join. New data continues the study with a warning, as a scheduled retraining does; another
+    search space is refused (StudyMismatch)."""
+    stored = StudyRecord.of(study)
+    if stored is not None and stored.data_digest != data_digest:
+        log.warning(
+            "study '%s' goes on with new data (%s, was %s): its earlier trials were scored on the old",
+            study.study_name,
+            data_digest[:12],
+            stored.data_digest[:12],
+        )
+        study.set_user_attr("data_digest", data_digest)
+    mine = claim_study(study, cfg, data_digest)
+    owned = replace(mine, trials_target=_invocation_target(study, cfg.search.trials, invocation), **record)
+    owned.write(study)
+    return owned
+
+
 def _differences(stored: dict[str, Any], mine: dict[str, Any], prefix: str = "") -> str:
     keys = sorted(set(stored) | set(mine))
     parts = []
@@ -313,12 +336,15 @@ def run_search(
     storage: str,
     trial_tracker: TrialTracker | None = None,
     invocation: str | None = None,
+    **record: Any,
 ) -> SearchResult:
     """Run ``cfg.search.trials`` more trials (or until ``cfg.search.timeout``) of the study in
     ``storage``; the study's best.
 
     ``invocation`` (the pipeline run's id) names this invocation's target in the study, so a
-    retry of the same invocation resumes towards it instead of adding trials. With
+    retry of the same invocation resumes towards it instead of adding trials; ``record`` (the
+    parent run and its experiment) goes into the study's record, so ``sentiment worker`` on
+    another machine can join this search while it runs. With
     ``cfg.search.workers > 1`` trials run in that many processes, one TensorFlow thread each: an
     RNN step keeps about one core busy, so side-by-side trials nearly double throughput; all of
     them work towards the one target, so a process that dies costs only its trial.
@@ -327,9 +353,8 @@ def run_search(
     """
     started = time.perf_counter()
     study = create_study(cfg, storage, trial_tracker=trial_tracker)
-    claim_study(study, cfg, data.digest)
+    target = own_study(study, cfg, data.digest, invocation, **record).trials_target
     reap_dead_trials(study)
-    target = _invocation_target(study, cfg.search.trials, invocation)
     with _watch(study, target - _finished(study)):
         if cfg.search.workers == 1:
             _optimize(study, trial_data(data, cfg.search), cfg, trial_tracker, target)

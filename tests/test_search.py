@@ -8,7 +8,15 @@ import pytest
 
 from pipeline.config import SAMPLE_ARCHIVE, HParams, PipelineConfig, build_config, run_params
 from pipeline.data import prepare
-from pipeline.search import SearchError, best_hparams, create_study, run_search, suggest_hparams, trial_data
+from pipeline.search import (
+    SearchError,
+    best_hparams,
+    create_study,
+    reap_dead_trials,
+    run_search,
+    suggest_hparams,
+    trial_data,
+)
 
 
 @pytest.fixture(scope="module")
@@ -195,8 +203,7 @@ def test_a_silent_trial_of_another_machine_is_failed_after_three_heartbeats(tiny
     for name, value in {"host": "another-machine", "pid": 1, "pid_started": 0.0}.items():
         lost.set_user_attr(name, value)
     study._storage.record_heartbeat(lost._trial_id)
-    run_search(data, cfg, cfg.search.storage)  # within the grace period: the trial may be alive
-    assert optuna.load_study(study_name="elsewhere", storage=cfg.search.storage).trials[0].state.name == "RUNNING"
+    assert reap_dead_trials(study) == 0  # its process id means nothing here: left to the heartbeat
 
     time.sleep(3.5)  # three heartbeats of silence
     run_search(data, cfg, cfg.search.storage)
