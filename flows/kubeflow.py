@@ -156,12 +156,21 @@ def pipeline_arguments(cfg: PipelineConfig) -> dict[str, Any]:
 # --- what every component does around its stage ------------------------------------------------
 
 
-def task_config(config: Mapping[str, Any]) -> tuple[PipelineConfig, Any]:
-    """The task's config and stores (checked: a dead store fails here, in seconds, naming it)."""
+def task_config(config: Mapping[str, Any], stores: bool = True) -> tuple[PipelineConfig, Any]:
+    """The task's config and, with ``stores``, its stores (checked: a dead store fails here, in
+    seconds, naming it). The library's progress lines go to the task's log."""
+    import logging
+
     from pipeline.stores import preflight
 
+    library = logging.getLogger("pipeline")
+    if not library.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        library.addHandler(handler)
+        library.setLevel(logging.INFO)
     cfg = config_from_parameters(config)
-    return cfg, preflight(cfg)
+    return cfg, preflight(cfg) if stores else None
 
 
 def worker_config(cfg: PipelineConfig, worker: int) -> PipelineConfig:
@@ -227,10 +236,10 @@ def load_value(path: str) -> Any:
 
 def prepare(config: dict, prepared: Output[Dataset]) -> None:
     """Read, split and encode the reviews (``data.prepare``); the arrays as a Dataset artifact."""
-    from flows.kubeflow import config_from_parameters
+    from flows.kubeflow import task_config
     from pipeline import data
 
-    cfg = config_from_parameters(config)
+    cfg, _ = task_config(config, stores=False)
     data.save(data.prepare(cfg.data), prepared.path)
 
 
