@@ -27,6 +27,7 @@ import os
 import pickle
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -487,8 +488,6 @@ def submit(
 ) -> str:
     """Compile and start a run on the KFP at ``host`` with ``cfg``'s non-default settings as
     arguments (``kfp.Client``: credentials from the usual kube/KFP environment); the run's URL."""
-    import warnings
-
     import kfp
 
     from pipeline.stores import StoreError
@@ -524,6 +523,21 @@ def run_local(cfg: PipelineConfig, workers: int = 2, root: Path | None = None) -
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     root = root or PROJECT_ROOT / ".cache" / "kfp-local"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
-    task = build_pipeline(workers=workers, secret=None)(**pipeline_arguments(cfg))
-    return task.output
+    with warnings.catch_warnings():  # "a custom base image in a Python environment": this one's
+        warnings.filterwarnings("ignore", "You may be attemp", RuntimeWarning)
+        task = build_pipeline(workers=workers, secret=None)(**pipeline_arguments(cfg))
+    return _typed_summary(task.output)
+
+
+def _typed_summary(summary: Mapping[str, Any]) -> dict:
+    """The register task's summary with its whole numbers whole again (KFP hands a dict output
+    over as a protobuf Struct, whose numbers are all floats)."""
+    from pipeline.config import HParams
+
+    typed = dict(summary)
+    if typed.get("best_trial") is not None:
+        typed["best_trial"] = int(typed["best_trial"])
+    if typed.get("best_hparams"):
+        typed["best_hparams"] = HParams.model_validate(typed["best_hparams"]).model_dump()
+    return typed
 

@@ -306,7 +306,7 @@ def test_a_failing_task_fails_with_the_library_error_and_leaves_nothing_running(
     with pytest.raises(RuntimeError, match="Inner task failed: .*prepare"):
         kubeflow.run_local(cfg, workers=2, root=tmp_path / "kfp")
     logs = capfd.readouterr()
-    assert f"DataError: {broken}" in logs.out + logs.err
+    assert f"pipeline.data.DataError: cannot read archive {broken}" in logs.out + logs.err
 
     client = MlflowClient(cfg.tracking.tracking_uri)
     running = client.search_runs(
@@ -314,3 +314,44 @@ def test_a_failing_task_fails_with_the_library_error_and_leaves_nothing_running(
     )
     assert running == []
     assert client.search_model_versions("name = 'kfp-test-model'") == []
+
+
+# --- the parent run -------------------------------------------------------------------------
+
+
+def test_with_the_kfp_mlflow_plugin_the_pipeline_nests_under_its_run(tmp_path, monkeypatch, sample_data):
+    """The plugin opens a run per pipeline run and gives each task a nested run (``MLFLOW_RUN_ID``):
+    the pipeline logs to the plugin's pipeline run instead of opening a second parent."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.stores import resolve
+
+    cfg = _config(tmp_path)
+    stores = resolve(cfg)
+    client = MlflowClient(cfg.tracking.tracking_uri)
+    experiment = client.create_experiment("kfp-test")
+    plugin_run = client.create_run(experiment, run_name="kfp-plugin-pipeline-run").info.run_id
+    task_run = client.create_run(experiment, tags={"mlflow.parentRunId": plugin_run}).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", task_run)
+
+    with kubeflow.parent_run(stores, cfg, sample_data, "run-123") as run_id:
+        assert run_id == plugin_run
+    logged = client.get_run(plugin_run).data
+    assert logged.tags["kfp_run_id"] == "run-123"
+    assert logged.params["data.max_len"] == "200"
+    assert logged.params["dataset_digest"] == sample_data.digest
+    assert len(client.search_runs([experiment])) == 2  # no parent of our own
+
+
+def test_without_the_plugin_the_pipeline_opens_its_own_parent_run(tmp_path, monkeypatch, sample_data):
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.stores import resolve
+
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    cfg = _config(tmp_path)
+    with kubeflow.parent_run(resolve(cfg), cfg, sample_data, "run-123") as run_id:
+        pass
+    run = MlflowClient(cfg.tracking.tracking_uri).get_run(run_id)
+    assert run.info.run_name == "kfp-run-123" and run.info.status == "FINISHED"
+    assert run.data.tags["kfp_run_id"] == "run-123" and run.data.tags["orchestrator"] == "kubeflow"
