@@ -274,7 +274,7 @@ def guarded(work: Callable[[], T], verbose: bool) -> T:
         _details.error("%s", error, exc_info=True)
         if verbose:
             traceback.print_exc()
-        code = 2 if type(error).__name__ == "ConfigError" else 1
+        code = 2 if isinstance(error, ConfigError) else 1  # a setting to change (StudyMismatch too)
         fail(getattr(error, "message", None) or str(error), code=code)
 
 

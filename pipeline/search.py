@@ -134,7 +134,12 @@ def suggest_hparams(trial: optuna.Trial, cfg: SearchConfig) -> HParams:
 
 
 # Settings that change what a trial's value means: trials made under other ones do not compare.
-_TRIAL_SETTINGS = {"search": {"epochs", "subset", "max_len", "pruner"}, "train": {"batch_size", "patience", "monitor", "buckets"}}
+# The data settings too: the same archive prepared otherwise is other data.
+_TRIAL_SETTINGS = {
+    "data": {"vocab_size", "max_len", "val_fraction", "seed", "limit"},
+    "search": {"epochs", "subset", "max_len", "pruner"},
+    "train": {"batch_size", "patience", "monitor", "buckets"},
+}
 
 
 def search_space(cfg: PipelineConfig) -> dict[str, Any]:

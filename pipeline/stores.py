@@ -195,7 +195,12 @@ def database_pool(url: str) -> dict[str, Any]:
 
 # One retry layer only: the Prefect tasks' bounded backoff. MLflow's own HTTP client would retry
 # 7 times with 2-minute timeouts underneath it (minutes per failing call).
-_MLFLOW_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+# And stdout is for the commands' results (JSON): MLflow's "🏃 View run … at:" lines stay off it.
+_MLFLOW_HTTP = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
 _PROBE_TIMEOUT = 5.0
 
 
