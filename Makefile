@@ -28,6 +28,10 @@ benchmark: $(STAMP)  ## notebook recipe vs pipeline on the full dataset (issue: 
 benchmark-serving: $(STAMP)  ## HTTP latency and throughput of the registered champion (after `make run`)
 	$(VENV)/bin/python -m benchmarks.serving $(ARGS)
 
+.PHONY: benchmark-scale-out
+benchmark-scale-out: $(STAMP)  ## trials/hour with 1, 2, 4 workers on PostgreSQL + MLflow server vs SQLite (ARGS=--quick)
+	$(VENV)/bin/python -m benchmarks.scale_out $(ARGS)
+
 IMAGE ?= imdb-sentiment:0.1.0
 image:  ## the project's image for Kubeflow (where a Docker engine runs): make image IMAGE=registry/imdb-sentiment:TAG
 	docker build -t $(IMAGE) .
