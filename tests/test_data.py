@@ -352,3 +352,20 @@ def test_no_cache_dir_writes_nothing(make_folder, data_config, tmp_path):
     assert not prepare(cfg).from_cache
     assert not prepare(cfg).from_cache
     assert not (tmp_path / "cache").exists()
+
+
+def test_the_plain_python_encoder_gives_the_tensorflow_encoders_ids(sample_data):
+    """A few reviews are encoded in Python (fast for one request), many by TensorFlow: the same ids."""
+    from pipeline.config import SAMPLE_ARCHIVE
+
+    texts = read_reviews(SAMPLE_ARCHIVE).test.texts[:300] + [
+        "Ünïcode ÄB\u00a0x\u2009y\vz <BR\v/> <br\t/>It's  a\tFILM!!",  # non-ASCII case and spaces
+        "",
+        "'''",
+    ]
+    encode = Encoder(sample_data.vocabulary, max_len=400)
+    in_python = [encode(texts[i : i + 1]) for i in range(len(texts))]
+    x, lengths = encode(texts)  # more than 64 reviews: TensorFlow
+
+    np.testing.assert_array_equal(np.concatenate([ids for ids, _ in in_python]), x)
+    np.testing.assert_array_equal(np.concatenate([n for _, n in in_python]), lengths)
