@@ -27,7 +27,14 @@ def environment() -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "versions": versions}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "versions": versions,
+        # 1/5/15-minute load when the benchmark started: others' work on a shared machine skews timings
+        "load_average": [round(load, 2) for load in os.getloadavg()],
+    }
 
 
 def versions_line(env: dict[str, Any]) -> str:

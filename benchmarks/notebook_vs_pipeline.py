@@ -11,6 +11,8 @@
    its tf.data input pipeline alone, to show feeding never holds training up.
 4. The whole pipeline as a Prefect flow (prep, search, final training, evaluation, registry) in a
    throw-away MLflow store: wall time, test accuracy, trials completed/pruned, bookkeeping share.
+5. What a user could pick instead (``benchmarks.linear_baseline``): scikit-learn TF-IDF 1-2-grams
+   + logistic regression and NBSVM + logistic regression, on the pipeline's own splits.
 
 Writes ``benchmarks/results/notebook_vs_pipeline[-quick].json`` and ``.md``.
 """
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.environment import environment, versions_line
+from benchmarks.linear_baseline import linear_baselines
 
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -229,6 +232,8 @@ def pipeline_run(overrides: dict[str, Any], data_path: Path) -> dict[str, Any]:
         "trial_overhead_share": 1 - fit_seconds / trial_wall if trial_wall else None,
         "model_kind": summary["model_kind"],
         "val_accuracy": {k: final.get(f"val_accuracy_{k}") for k in ("rnn", "bigrams", "rnn_bigrams")},
+        "blend_weight_rnn": final.get("blend_weight_rnn"),
+        "peak_rss_mb": peak_rss_mb(),
         "member_test_accuracy": members,
         "companion_seconds": final.get("bigrams_train_seconds"),
         "best_hparams": summary["best_hparams"],
@@ -237,6 +242,14 @@ def pipeline_run(overrides: dict[str, Any], data_path: Path) -> dict[str, Any]:
         "search_seconds": final.get("search_seconds"),
         "promotion": summary.get("promotion_reason"),
     }
+
+
+def peak_rss_mb() -> float:
+    """Largest resident set of this process or any child it waited for (search workers), in MB."""
+    import resource
+
+    usage = [resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return max(usage) / 1024  # Linux reports kB
 
 
 def member_test_accuracies(model_path: str, cfg) -> dict[str, float]:
@@ -287,13 +300,34 @@ def markdown(results: dict[str, Any]) -> str:
         f"| data prep, cold / cached | {results['prep']['prep_cold_seconds']:.1f} s / "
         f"{results['prep']['prep_cached_seconds']:.2f} s | same code |",
     ]
+    names = {"tfidf_lr": "TF-IDF word 1-2-grams + LR", "nbsvm_lr": "NBSVM (NB-scaled binary 1-2-grams) + LR"}
+    baseline = [
+        "| scikit-learn on the same splits | test accuracy | validation accuracy (C) | wall time |",
+        "|---|---|---|---|",
+        *(
+            f"| {names[name]} | {row['test_accuracy']:.4f} | {row['val_accuracy']:.4f} (C={row['C']:g}) | "
+            f"{row['wall_seconds']:.0f} s |"
+            for name, row in results.get("linear_baseline", {}).items()
+        ),
+        f"| the pipeline's champion ({pipe['model_kind']}) | **{pipe['test_accuracy']:.4f}** | "
+        f"{_blend_val(pipe)} | {pipe['wall_seconds'] / 60:.1f} min |",
+    ]
     return (
         f"## Notebook recipe vs pipeline ({'quick subset' if results['quick'] else 'full dataset'})\n\n"
-        f"`{results['command']}` on {env['cpu']} ({env['cores']} cores), {results['date']}.\n\n"
+        f"`{results['command']}` on {env['cpu']} ({env['cores']} cores), {results['date']}, "
+        f"load average at start {env.get('load_average')}.\n\n"
         + "\n".join(rows)
+        + "\n\n"
+        + "\n".join(baseline)
         + f"\n\nPipeline best configuration: `{json.dumps(pipe['best_hparams'])}`.\n"
         f"Versions: {versions_line(env)}.\n"
     )
+
+
+def _blend_val(pipe: dict[str, Any]) -> str:
+    chosen = "rnn_bigrams" if pipe["model_kind"] != "rnn" else "rnn"
+    value = pipe["val_accuracy"].get(chosen)
+    return "—" if value is None else f"{value:.4f}"
 
 
 def main() -> None:
@@ -334,6 +368,11 @@ def main() -> None:
     print("training path", results["pipeline_training_path"], flush=True)
     results["pipeline"] = in_fresh_process(pipeline_run, profile, args.data)
     print("pipeline", results["pipeline"], flush=True)
+    with tempfile.TemporaryDirectory() as cache:
+        results["linear_baseline"] = in_fresh_process(
+            linear_baselines, data_options | {"data.cache_dir": cache}
+        )
+    print("linear baseline", results["linear_baseline"], flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "notebook_vs_pipeline" + ("-quick" if args.quick else "")
