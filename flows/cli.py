@@ -61,7 +61,7 @@ Image = Annotated[
     str | None,
     typer.Option(help="the project's image every component runs in (`make image`; default: imdb-sentiment:0.1.0)"),
 ]
-Workers = Annotated[int, typer.Option(min=1, max=64, help="search pods joining the study at once")]
+Workers = Annotated[int, typer.Option(min=1, max=8, help="search pods joining the study at once (search.workers)")]
 Secret = Annotated[
     str | None,
     typer.Option(
@@ -228,8 +228,10 @@ def ui(cfg, port: Annotated[int, typer.Option(min=0, help="port (0: a free one)"
     import tempfile
 
     from pipeline import ui as mlflow_ui
+    from pipeline.signals import raise_on_signals
     from pipeline.stores import resolve
 
+    raise_on_signals()  # SIGTERM too stops the UI's process group, not only Ctrl-C
     stores = resolve(cfg)
     if not stores.is_local:  # a tracking server serves its own UI
         typer.echo(stores.ui_url())
@@ -239,7 +241,8 @@ def ui(cfg, port: Annotated[int, typer.Option(min=0, help="port (0: a free one)"
         running = mlflow_ui.start(stores, log, port=port or None)
     except mlflow_ui.UiError as error:
         fail(str(error))
-    typer.echo(f"MLflow UI for {stores.tracking_uri}: {running.url}  (Ctrl-C stops it; log: {log})")
+    landing = mlflow_ui.landing_url(stores, running.url, cfg.tracking.experiment_name)
+    typer.echo(f"MLflow UI for {stores.tracking_uri} (Ctrl-C stops it; log: {log}):\n{landing}")
     try:
         running.process.wait()
     except KeyboardInterrupt:
@@ -353,22 +356,21 @@ def kubeflow_submit(
     experiment: Annotated[str, typer.Option(help="KFP experiment to run in")] = "imdb-sentiment",
     run_name: Annotated[str | None, typer.Option(help="KFP run name (default: KFP's)")] = None,
     image: Image = None,
-    workers: Workers = 2,
     secret: Secret = None,
 ) -> None:
-    """Compile and start a KFP run with these settings (the stores come from the secret, never
-    from options); prints the run's URL."""
+    """Compile and start a KFP run with these settings, --workers search pods (the stores come
+    from the secret, never from options); prints the run's URL."""
     kubeflow = _kubeflow()
     image, secret = image or kubeflow.DEFAULT_IMAGE, secret or kubeflow.DEFAULT_SECRET
-    typer.echo(kubeflow.submit(cfg, host, experiment, image, workers, secret, run_name))
+    typer.echo(kubeflow.submit(cfg, host, experiment, image, secret, run_name))
 
 
 @kubeflow_app.command("run-local")
 @config_options(*TRAINING)
-def kubeflow_run_local(cfg, workers: Workers = 2, as_json: Json = False) -> None:
+def kubeflow_run_local(cfg, as_json: Json = False) -> None:
     """Run the compiled pipeline on this machine with KFP's local runner (a subprocess per task,
-    no cluster or Docker), against the stores these settings name."""
-    summary = _kubeflow().run_local(cfg, workers)
+    --workers search workers, no cluster or Docker), against the stores these settings name."""
+    summary = _kubeflow().run_local(cfg)
     if as_json:
         print_result(summary, True)
     else:

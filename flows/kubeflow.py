@@ -49,6 +49,9 @@ SECRET_KEYS = {"tracking-uri": "MLFLOW_TRACKING_URI", "study-storage": "SENTIMEN
 # The sections a training run reads (``sentiment run``'s), less the stores: they come from the secret.
 SECTIONS = ("data", "search", "train", "tracking")
 STORE_FIELDS = ("tracking.tracking_uri", "tracking.artifact_root", "search.storage")
+# KFP fixes a loop's parallelism when it compiles: on Kubeflow, search.workers is the number of
+# search pods (`--workers`), each running one trial at a time, not a parameter.
+COMPILE_FIELDS = ("search.workers",)
 # Set by the KFP MLflow plugin in every task's container: the task's own run, nested under the run
 # the plugin opened for the pipeline run.
 PLUGIN_RUN_ENV = "MLFLOW_RUN_ID"
@@ -72,10 +75,11 @@ class Parameter:
 
 
 def parameters() -> list[Parameter]:
-    """Every field of the training sections but the stores, as a pipeline parameter."""
+    """Every field of the training sections, as a pipeline parameter; not the stores (they come
+    from the secret) nor the worker count (the loop's width, fixed when compiling)."""
     found = []
     for dotted, field in config_model.fields():
-        if dotted.split(".")[0] not in SECTIONS or dotted in STORE_FIELDS:
+        if dotted.split(".")[0] not in SECTIONS or dotted in STORE_FIELDS + COMPILE_FIELDS:
             continue
         annotation, default = _kfp_type(field.default)
         leaf_type = _leaf_type(field.annotation)
@@ -175,11 +179,11 @@ def task_config(config: Mapping[str, Any], stores: bool = True) -> tuple[Pipelin
 
 
 def worker_config(cfg: PipelineConfig, worker: int) -> PipelineConfig:
-    """Search worker ``worker``'s config: its sampler seeded apart from the other workers' (the
-    seed is not part of the study's identity), so pods of one study do not draw the same trials."""
-    if cfg.search.seed is None:
-        return cfg
-    search = cfg.search.model_copy(update={"seed": cfg.search.seed + worker})
+    """Search pod ``worker``'s config: one trial at a time (the pods are the workers), its sampler
+    seeded apart from the other pods' (the seed is not part of the study's identity), so pods of
+    one study do not draw the same trials."""
+    seed = None if cfg.search.seed is None else cfg.search.seed + worker
+    search = cfg.search.model_copy(update={"seed": seed, "workers": 1})
     return cfg.model_copy(update={"search": search})
 
 
@@ -482,18 +486,18 @@ def submit(
     host: str,
     experiment: str,
     image: str = DEFAULT_IMAGE,
-    workers: int = 2,
     secret: str = DEFAULT_SECRET,
     run_name: str | None = None,
 ) -> str:
-    """Compile and start a run on the KFP at ``host`` with ``cfg``'s non-default settings as
-    arguments (``kfp.Client``: credentials from the usual kube/KFP environment); the run's URL."""
+    """Compile (``search.workers`` search pods) and start a run on the KFP at ``host`` with
+    ``cfg``'s non-default settings as arguments (``kfp.Client``: credentials from the usual
+    kube/KFP environment); the run's URL."""
     import kfp
 
     from pipeline.stores import StoreError
 
     with tempfile.TemporaryDirectory() as tmp:
-        package = compile_pipeline(Path(tmp) / "imdb_sentiment.yaml", image, workers, secret)
+        package = compile_pipeline(Path(tmp) / "imdb_sentiment.yaml", image, cfg.search.workers, secret)
         try:
             with warnings.catch_warnings():  # "This client only works with KFP v2.0.0-beta.2 and later"
                 warnings.simplefilter("ignore", FutureWarning)
@@ -507,8 +511,9 @@ def submit(
     return f"{host.rstrip('/')}/#/runs/details/{run.run_id}"
 
 
-def run_local(cfg: PipelineConfig, workers: int = 2, root: Path | None = None) -> dict:
-    """Run the pipeline on this machine with KFP's local runner, each task a subprocess of this
+def run_local(cfg: PipelineConfig, root: Path | None = None) -> dict:
+    """Run the pipeline (``search.workers`` search workers) on this machine with KFP's local
+    runner, each task a subprocess of this
     Python (no Docker, no cluster): the stores ``cfg`` resolves to are handed to the tasks through
     the environment, as the secret hands them over on a cluster. Returns the register task's
     summary; raises RuntimeError naming the failed task."""
@@ -525,7 +530,7 @@ def run_local(cfg: PipelineConfig, workers: int = 2, root: Path | None = None) -
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     with warnings.catch_warnings():  # "a custom base image in a Python environment": this one's
         warnings.filterwarnings("ignore", "You may be attemp", RuntimeWarning)
-        task = build_pipeline(workers=workers, secret=None)(**pipeline_arguments(cfg))
+        task = build_pipeline(workers=cfg.search.workers, secret=None)(**pipeline_arguments(cfg))
     return _typed_summary(task.output)
 
 
