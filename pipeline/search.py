@@ -519,6 +519,8 @@ def _optimize(
         MaxTrialsCallback(target, states=FINISHED),
         # A search whose every trial fails (a bad setting) must end, not loop.
         MaxTrialsCallback(failed + max(left, 2), states=(TrialState.FAIL,)),
+        # After every trial: a dead neighbour's trial on this machine is retried at once.
+        lambda study, trial: reap_dead_trials(study),
     ]
 
     def objective(trial: optuna.Trial) -> float:

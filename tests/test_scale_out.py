@@ -141,7 +141,8 @@ def test_a_killed_worker_costs_only_its_trial_and_a_fresh_worker_finishes_the_st
     assert sum(t.state in FINISHED for t in trials.values()) >= 5
     runs = {r.data.tags["optuna_trial"]: r for r in runs_of(engines, "killed") if "optuna_trial" in r.data.tags}
     assert runs[str(victim.number)].info.status == "KILLED"
-    assert "gone" in runs[str(victim.number)].data.tags["failure_reason"]
+    reason = runs[str(victim.number)].data.tags["failure_reason"]
+    assert "process is gone" in reason or "no heartbeat" in reason  # whichever saw it first
 
     # Every worker killed mid-study; one started later finishes it and leaves nothing RUNNING.
     create(engines, "all-killed", trials=5)
