@@ -40,17 +40,19 @@ class Registered:
         return scorer_for(self.stores, self.champion_uri)(texts)
 
 
-def store_config(root: Path, name: str = "test-model") -> PipelineConfig:
+def store_config(root: Path, name: str = "test-model", **settings: str) -> PipelineConfig:
+    """The embedded store under ``root``, or the stores ``settings`` name (dotted keys)."""
     return build_config(
         {
             "tracking.tracking_uri": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
             "tracking.experiment_name": name,
             "tracking.model_name": name,
+            **settings,
         }
     )
 
 
-def register_tiny_model(root: Path, data: PreparedData, name: str = "test-model") -> Registered:
+def register_tiny_model(root: Path, data: PreparedData, name: str = "test-model", **settings: str) -> Registered:
     """Train one epoch of a small GRU and of its bag-of-bigrams companion, log their average as the
     pyfunc (the blend the pipeline serves on the full dataset), register it and make it champion
     (by hand when, near chance as it is, the promotion gate refuses it)."""
@@ -60,7 +62,7 @@ def register_tiny_model(root: Path, data: PreparedData, name: str = "test-model"
     from pipeline.model import average_models
     from pipeline.train import train_bigram_model, train_model
 
-    cfg = store_config(root, name)
+    cfg = store_config(root, name, **settings)
     hparams = HParams(cell="gru", units=8, embedding_dim=8)
     train_cfg = TrainConfig(epochs=1, batch_size=32, bigram_buckets=4096, bigram_dim=8)
     rnn, result = train_model(hparams, data, train_cfg)

@@ -193,3 +193,86 @@ def test_a_tracking_server_without_a_study_storage_is_refused(engines):
     assert refused.returncode != 0
     assert "--storage" in refused.stderr and engines["MLFLOW_TRACKING_URI"] in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+# --- the champion alias: two registrations finishing together --------------------------------
+
+
+@pytest.fixture(params=["sqlite", "server+postgresql", "sqlite-without-lock"])
+def race(request, tmp_path_factory, sample_data, monkeypatch):
+    """A registered base model and the way to the alias: the embedded store (file lock), the
+    server with its PostgreSQL (advisory lock), and, as the control that shows the test can
+    fail, the embedded store with the lock taken away."""
+    from registered_model import register_tiny_model
+
+    settings = {}
+    if request.param == "server+postgresql":
+        server, postgres = request.getfixturevalue("mlflow_server"), request.getfixturevalue("postgres")
+        settings = {"tracking.tracking_uri": server.url, "search.storage": postgres.url("optuna_race")}
+    registered = register_tiny_model(tmp_path_factory.mktemp("race"), sample_data, "race-base", **settings)
+    if request.param == "sqlite-without-lock":
+        from contextlib import nullcontext
+
+        from pipeline.stores import Stores
+
+        monkeypatch.setattr(Stores, "alias_lock", lambda self, name: nullcontext())
+    return request.param, registered
+
+
+def test_two_registrations_finishing_together_leave_the_alias_on_the_better(race, monkeypatch):
+    """Both decide against the same champion, then reach the alias at the same moment (a
+    barrier); the worse one is slow to move it. Only a lock makes the better one win."""
+    import threading
+
+    import numpy as np
+
+    from pipeline import registry
+    from pipeline.registry import TestSplit
+    from pipeline.stores import Stores
+
+    kind, reg = race
+    cfg = reg.cfg.tracking.model_copy(update={"model_name": "race"})
+    n = len(reg.data.test_texts)
+
+    def register(correct):
+        evidence = {"test_accuracy": float(np.mean(correct)), "run_id": reg.run_id, "dataset_digest": "d"}
+        test = TestSplit(reg.data.test_texts, reg.data.test.y)
+        return registry.register_and_promote(reg.stores, cfg, reg.model_uri, reg.run_id, evidence, test=test, correct=correct)
+
+    def with_accuracy(right, seed):
+        correct = np.zeros(n, dtype=bool)
+        correct[np.random.default_rng(seed).permutation(n)[:right]] = True
+        return correct
+
+    assert register(with_accuracy(int(n * 0.65), 0)).promoted  # the champion both will beat
+    arrived, first_time = threading.Barrier(2), threading.local()
+    locked, moved = Stores.alias_lock, registry._move_alias
+
+    def together(self, name):
+        if not getattr(first_time, "passed", False):
+            first_time.passed = True
+            arrived.wait(timeout=120)
+        return locked(self, name)
+
+    def slow_when_worse(client, name, version, previous):
+        if threading.current_thread().name == "good":
+            time.sleep(1.5)
+        return moved(client, name, version, previous)
+
+    monkeypatch.setattr(Stores, "alias_lock", together)
+    monkeypatch.setattr(registry, "_move_alias", slow_when_worse)
+    decisions: dict[str, registry.PromotionDecision] = {}
+    threads = [
+        threading.Thread(name=key, target=lambda c=correct, k=key: decisions.update({k: register(c)}))
+        for key, correct in (("good", with_accuracy(int(n * 0.85), 1)), ("best", with_accuracy(n, 2)))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+
+    champion = str(reg.stores.mlflow_client().get_model_version_by_alias("race", "champion").version)
+    if kind == "sqlite-without-lock":
+        assert champion == decisions["good"].version  # last writer wins: what the lock prevents
+    else:
+        assert champion == decisions["best"].version
