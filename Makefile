@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast benchmark benchmark-serving image
+.PHONY: run test test-fast benchmark benchmark-serving image chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -11,10 +11,17 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+chromium:  ## Debian's headless Chromium and its driver, for the MLflow UI test (tests/test_ui.py)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null \
+		|| echo "could not install chromium: the UI test skips (and fails under CI=true)"; }
+
 run: $(STAMP)  ## the whole pipeline on the sample shipped in the package
 	$(VENV)/bin/sentiment run --config configs/sample.yaml $(ARGS)
 
-test: $(STAMP)  ## lint, then the whole test suite (what CI runs)
+test: $(STAMP) chromium  ## lint, then the whole test suite (what CI runs)
 	$(VENV)/bin/ruff check pipeline flows tests scripts benchmarks
 	$(VENV)/bin/python -m pytest $(ARGS)
 

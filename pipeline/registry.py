@@ -1,10 +1,12 @@
 """The only module that touches the MLflow model registry: register, compare, promote, describe.
 
-A new version carries its evidence (test metrics, run id, dataset digest, hyperparameters) and a
-model card (its description) from the moment it exists. It is then compared with the current
-champion *on the same test reviews*: the champion's per-review correctness comes from its
-``eval_correct`` tag when it was scored on this very split, else the champion is loaded and
-re-scored. The comparison is McNemar's exact test on the discordant pairs, plus an optional
+A new version carries a handful of tags people filter on (``VERSION_TAGS``: model kind, test
+accuracy, dataset digest; then the promotion decision) and a model card (its description: data,
+metrics, validation numbers, hyperparameters, intended use and limitations, the decision) from
+the moment it exists. It is then compared with the current champion *on the same test reviews*:
+the champion's per-review correctness comes from the artifact its training run holds for this
+very split (``registry/<name>/v<version>/correct-<split digest>.json``), else the champion is loaded, re-scored
+and that artifact written. The comparison is McNemar's exact test on the discordant pairs, plus an optional
 minimum accuracy gain (``TrackingConfig.promotion_alpha`` / ``min_gain``).
 
 The ``champion`` alias moves last, once, under the stores' alias lock, and only if the
@@ -40,10 +42,11 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 METRIC = "test_accuracy"
-SPLIT_TAG = "eval_split_digest"  # which test reviews the version was scored on
-CORRECT_TAG = "eval_correct"  # its per-review correctness on them, packed bits
-ACCURACY_TAG = "eval_accuracy"
 PREVIOUS_TAG = "previous_champion"
+# The version tags: what people filter the versions table on. Everything else is in the card.
+VERSION_TAGS = ("model_kind", METRIC, "dataset_digest")
+# Per-review correctness of a version, on its training run (one run may back several versions).
+CORRECT_ARTIFACT = "registry/{name}/v{version}/correct-{digest}.json"
 _ATTEMPTS = 5
 
 
@@ -79,15 +82,21 @@ class PromotionDecision:
     p_value: float | None = None  # McNemar exact, two-sided; None without a paired comparison
 
     def tags(self) -> dict[str, str]:
-        return {
-            "promotion": CHAMPION if self.promoted else "challenger",
-            "promotion_decision": "promote" if self.promoted else "keep",
-            "promotion_reason": self.reason,
-            "promotion_challenger_accuracy": f"{self.accuracy:.6f}",
-            "promotion_champion_accuracy": _text(self.champion_accuracy),
-            "promotion_champion_version": _text(self.champion_version),
-            "promotion_p_value": _text(self.p_value),
-        }
+        return {"promotion": CHAMPION if self.promoted else "challenger"}
+
+    def card(self) -> str:
+        """The decision's section of the version card."""
+        return "\n".join(
+            [
+                "## Promotion decision",
+                f"- decision: {'promoted to ' + CHAMPION if self.promoted else 'kept as challenger'}",
+                f"- reason: {self.reason}",
+                f"- this version's test accuracy: {self.accuracy:.4f}",
+                f"- champion compared against: {_text(self.champion_version)}"
+                f" (test accuracy {_text(self.champion_accuracy)})",
+                f"- p-value: {_text(self.p_value)}",
+            ]
+        )
 
 
 def _text(value: Any) -> str:
@@ -193,22 +202,23 @@ def register_and_promote(
 ) -> PromotionDecision:
     """Register ``model_uri`` as a new version of ``cfg.model_name`` and promote it if earned.
 
-    ``evidence`` must hold ``test_accuracy``; every item becomes a tag on the version and feeds
-    the model card. ``test`` (the test reviews and labels) makes the comparison paired: the
+    ``evidence`` must hold ``test_accuracy``; it feeds the model card, and its ``VERSION_TAGS``
+    become the version's tags. ``test`` (the test reviews and labels) makes the comparison paired: the
     challenger's per-review ``correct`` on it (scored through the logged model when not given)
     against the champion's on the same reviews. Without ``test`` the stored test accuracies are
     compared, unpaired. Raises whatever failed, after deleting the new version.
     """
     client = stores.mlflow_client()
     _ensure_registered_model(client, cfg.model_name, stores.tracking_uri)
-    tags = {key: str(value) for key, value in evidence.items()}
-    version = _create_version(client, cfg.model_name, model_uri, run_id, tags)
+    tags = {key: str(evidence[key]) for key in VERSION_TAGS if key in evidence}
+    version = _create_version(stores, client, cfg.model_name, model_uri, run_id, tags)
     try:
         describe_version(client, cfg.model_name, version, evidence, test, stores.tracking_uri)
         if test is not None:
             correct = _score(stores, model_uri, test) if correct is None else np.asarray(correct, dtype=bool)
             _record_evaluation(client, cfg.model_name, version, test, correct)
         decision = _promote_when_earned(stores, client, cfg, version, float(evidence[METRIC]), test, correct)
+        describe_version(client, cfg.model_name, version, evidence, test, stores.tracking_uri, decision)
     except BaseException:
         log.error("registration of %s v%s failed; deleting the version", cfg.model_name, version)
         client.delete_model_version(cfg.model_name, version)
@@ -217,14 +227,26 @@ def register_and_promote(
     return decision
 
 
-def _create_version(client: MlflowClient, name: str, model_uri: str, run_id: str, tags: dict[str, str]) -> str:
-    """A new version of ``name`` for ``model_uri``; a logged model's URI (``models:/<model_id>``)
-    links the version to that logged model. Its source is given as the logged model's artifact
-    location: MLflow would resolve ``models:/<id>`` through its process-global tracking URI."""
-    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
-    source = client.get_logged_model(model_id).artifact_location if model_id else model_uri
-    created = client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id)
-    return str(created.version)
+def _create_version(
+    stores: Stores, client: MlflowClient, name: str, model_uri: str, run_id: str, tags: dict[str, str]
+) -> str:
+    """A new version of ``name`` for ``model_uri``. A logged model's URI (``models:/<model_id>``)
+    becomes the version's source, and the logged model lists the version (the ``mlflow.modelVersions``
+    tag ``mlflow.register_model`` writes): the UI links both ways."""
+    import json
+
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    # The registry store resolves models:/<id> through MLflow's global tracking URI.
+    with _use_tracking_uri(stores.tracking_uri):
+        version = str(client.create_model_version(name, model_uri, run_id=run_id, tags=tags).version)
+    if model_uri.startswith("models:/m-"):
+        model_id = model_uri.removeprefix("models:/")
+        listed = json.loads(client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS, "[]"))
+        listed.append({"name": name, "version": version})
+        client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(listed)})
+    return version
 
 
 def _promote_when_earned(
@@ -292,10 +314,11 @@ def _compare_unpaired(
 
 
 def _evaluation(stores: Stores, client: MlflowClient, name: str, version: str, test: TestSplit) -> np.ndarray:
-    """A version's per-review correctness on ``test``: from its tags, else re-scored and recorded."""
-    tags = client.get_model_version(name, version).tags
-    if tags.get(SPLIT_TAG) == test.digest and CORRECT_TAG in tags:
-        return unpack_correct(tags[CORRECT_TAG])
+    """A version's per-review correctness on ``test``: from its run's artifact, else re-scored
+    and recorded."""
+    recorded = recorded_correct(client, name, version, test)
+    if recorded is not None:
+        return recorded
     log.info("re-scoring %s v%s on the current test split (%d reviews)", name, version, len(test.texts))
     correct = _score(stores, f"models:/{name}/{version}", test)
     _record_evaluation(client, name, version, test, correct)
@@ -310,9 +333,32 @@ def _score(stores: Stores, model_uri: str, test: TestSplit) -> np.ndarray:
 def _record_evaluation(
     client: MlflowClient, name: str, version: str, test: TestSplit, correct: np.ndarray
 ) -> None:
-    client.set_model_version_tag(name, version, SPLIT_TAG, test.digest)
-    client.set_model_version_tag(name, version, CORRECT_TAG, pack_correct(correct))
-    client.set_model_version_tag(name, version, ACCURACY_TAG, f"{float(np.mean(correct)):.6f}")
+    """The version's per-review correctness on ``test`` as an artifact of its training run (packed
+    bits: 25,000 reviews take about 4 kB), named by the split's digest."""
+    record = {
+        "split_digest": test.digest,
+        "reviews": len(correct),
+        "accuracy": round(float(np.mean(correct)), 6),
+        "correct": pack_correct(correct),
+    }
+    run_id = client.get_model_version(name, version).run_id
+    client.log_dict(run_id, record, CORRECT_ARTIFACT.format(name=name, version=version, digest=test.digest))
+
+
+def recorded_correct(client: MlflowClient, name: str, version: str, test: TestSplit) -> np.ndarray | None:
+    """The per-review correctness on ``test`` recorded for ``name`` v``version``, or None."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    run_id = client.get_model_version(name, version).run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, CORRECT_ARTIFACT.format(name=name, version=version, digest=test.digest), tmp)
+        except (MlflowException, OSError):
+            return None
+        record = json.loads(Path(path).read_text())
+    return unpack_correct(record["correct"]) if record.get("split_digest") == test.digest else None
 
 
 def _move_alias(client: MlflowClient, name: str, version: str, previous: str | None) -> None:
@@ -424,10 +470,17 @@ _MODEL_DETAILS = ("model_kind", "bigram_buckets", "bigram_dim", "vocab_size_effe
 
 
 def version_card(
-    name: str, version: str, evidence: dict[str, Any], test: TestSplit | None, tracking_uri: str
+    name: str,
+    version: str,
+    evidence: dict[str, Any],
+    test: TestSplit | None,
+    tracking_uri: str,
+    decision: PromotionDecision | None = None,
 ) -> str:
-    """Markdown for one version: data, test metrics, hyperparameters, pipeline version, usage."""
+    """Markdown for one version: intended use and limitations, data, test and validation metrics,
+    hyperparameters, the promotion decision (once made), provenance, usage."""
     metrics = {k: v for k, v in evidence.items() if k.startswith("test_") and not k.endswith("_share")}
+    validation = {k: v for k, v in evidence.items() if k.startswith("val_") and _is_number(v)}
     hparams = {
         k: evidence[k]
         for k in (*HParams.model_fields, "vocab_size", "max_len", "batch_size", *_MODEL_DETAILS)
@@ -441,6 +494,20 @@ def version_card(
         "",
         f"IMDB review sentiment: raw review text in, P(positive) and a label (threshold {THRESHOLD}) out.",
         "",
+        "## Intended use",
+        "Sorting or counting English movie and TV reviews by overall sentiment, in batches or behind an"
+        " HTTP endpoint, where a wrong answer on one review costs little.",
+        "",
+        "## Limitations",
+        f"- trained on {evidence.get('n_train', 'the')} IMDB reviews (aclImdb): English only, movie"
+        " reviews only, polar ones (the dataset leaves out ratings 5 and 6); other domains, languages"
+        " and neutral or mixed text will score unreliably.",
+        f"- reads at most the last {evidence.get('max_len', 'max_len')} tokens of a review (longer ones"
+        " are truncated from the front) and only the words of its vocabulary"
+        f" ({evidence.get('vocab_size_effective', evidence.get('vocab_size', '?'))} ids); others are unknown.",
+        "- probabilities are not calibrated guarantees: see the run's `plots/calibration.png`, and"
+        " `evaluation/confident_errors.json` for the reviews it gets most confidently wrong.",
+        "",
         "## Data",
         f"- dataset digest: `{evidence.get('dataset_digest', 'unknown')}` (aclImdb)",
         *(f"- {key}: {value}" for key, value in sizes.items()),
@@ -449,9 +516,13 @@ def version_card(
         "## Test metrics",
         *(f"- {key}: {float(value):.4f}" for key, value in metrics.items()),
         "",
+        "## Validation (what chose the model)",
+        *(f"- {key}: {float(value):.4f}" for key, value in validation.items()),
+        "",
         "## Hyperparameters",
         *(f"- {key}: {value}" for key, value in hparams.items()),
         "",
+        *([decision.card(), ""] if decision is not None else []),
         "## Provenance",
         f"- training run: `{evidence.get('run_id', 'unknown')}`",
         f"- pipeline: imdb-sentiment-pipeline {pipeline_version()}",
@@ -468,9 +539,18 @@ def describe_version(
     evidence: dict[str, Any],
     test: TestSplit | None,
     tracking_uri: str,
+    decision: PromotionDecision | None = None,
 ) -> None:
-    description = version_card(name, version, evidence, test, tracking_uri)
+    description = version_card(name, version, evidence, test, tracking_uri, decision)
     client.update_model_version(name, version, description=description)
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _usage(uri: str, tracking_uri: str) -> str:

@@ -21,14 +21,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 import keras
+import numpy as np
 from pydantic import ValidationError
 
-from pipeline import registry, search, tracking
+from pipeline import registry, search, study_report, tracking
 from pipeline.batching import predict_proba
 from pipeline.blend import choose_blend
 from pipeline.config import ConfigError, HParams, PipelineConfig, run_params
 from pipeline.data import PreparedData
-from pipeline.evaluate import THRESHOLD, Evaluation, confusion_figure, evaluate, learning_curves
+from pipeline.evaluate import (
+    THRESHOLD,
+    Evaluation,
+    accuracy_by_length,
+    calibration_figure,
+    confident_errors,
+    confusion_figure,
+    evaluate,
+    learning_curves,
+    length_figure,
+    precision_recall_figure,
+    roc_figure,
+)
 from pipeline.model import PRESETS, inference_copy
 from pipeline.serve import pyfunc_spec
 from pipeline.stores import Stores, resolve
@@ -127,6 +140,23 @@ class RunSummary:
         cells = [f"| {name} | {str(value).replace('|', '/')} |" for name, value in self.rows()]
         return "\n".join(["| | |", "|---|---|", *cells])
 
+    def description(self) -> str:
+        """The run page's description: what was trained and chosen, the headline numbers, and
+        how the metrics and artifacts are named."""
+        return "\n".join(
+            [
+                f"**{self.model_kind or 'no'} model for `{self.model_name}`**, chosen by an Optuna search"
+                " over Keras RNNs (one nested run per trial; `best_trial=true` marks the winner).",
+                "",
+                self.to_markdown(),
+                "",
+                "Metrics: `model/…` the shipped model (RNN, or RNN + bag-of-bigrams blend), `rnn/…` and"
+                " `bigrams/…` each trained part per epoch, `blend/…` the validation accuracies behind the"
+                " blend choice, `search/…` the study. Plots: `plots/` (test split), `study/` (the search);"
+                " error analysis: `evaluation/confident_errors.json`.",
+            ]
+        )
+
 
 def _hparams(hparams: Mapping[str, Any] | None) -> str:
     return ", ".join(
@@ -217,24 +247,46 @@ def record_skipped_run(
 
 def search_hparams(data: PreparedData, cfg: PipelineConfig, run: tracking.RunHandle) -> search.SearchResult:
     """The Optuna search, a nested MLflow run per trial; the best trial's params on the parent."""
-    tracker = tracking.trial_tracker(run, cfg.tracking.experiment_name, cfg.search.study_name)
-    result = search.run_search(data, cfg, run.stores.study_storage, tracker, invocation=run.run_id)
-    _log_search(run, result)
+    tracker = tracking.trial_tracker(
+        run, cfg.tracking.experiment_name, cfg.search.study_name, dataset_record(data)
+    )
+    owner = {"parent_run_id": run.run_id, "experiment_name": cfg.tracking.experiment_name}
+    result = search.run_search(data, cfg, run.stores.study_storage, tracker, invocation=run.run_id, **owner)
+    _log_search(run, result, cfg)
     return result
 
 
-def _log_search(run: tracking.RunHandle, result: search.SearchResult) -> None:
-    """The study's outcome on the parent run: the best trial's params, the trial counts."""
+def _log_search(run: tracking.RunHandle, result: search.SearchResult, cfg: PipelineConfig) -> None:
+    """The study's outcome on the parent run: the best trial's params, the trial counts (metrics
+    ``search/…``), the best trial marked (``best_trial=true``, its number and run id on the
+    parent), and the study's plots and trials table (``study/``)."""
     run.log_params({f"best_trial.{k}": v for k, v in result.best_hparams.model_dump().items()})
     run.log_metrics(
         {
-            "best_trial_value": result.best_value,
-            "trials_complete": result.complete,
-            "trials_pruned": result.pruned,
-            "trials_failed": result.failed,
-            "search_seconds": result.seconds,
+            f"search/best_{cfg.train.monitor}": result.best_value,
+            "search/trials_complete": result.complete,
+            "search/trials_pruned": result.pruned,
+            "search/trials_failed": result.failed,
+            "search/seconds": result.seconds,
         }
     )
+    tracking.mark_best_trial(run, cfg.tracking.experiment_name, cfg.search.study_name, result.best_trial)
+    _log_study(run, cfg)
+
+
+def _log_study(run: tracking.RunHandle, cfg: PipelineConfig) -> None:
+    """Optuna's plots of the study (one interactive HTML page, a PNG each) and the table of its
+    trials (an MLflow table artifact, one row per trial) under ``study/`` on the parent run."""
+    import matplotlib.pyplot as plt
+
+    study = study_report.load(cfg.search.study_name, run.stores.study_storage)
+    metric = cfg.train.monitor
+    title = f"Study {study.study_name}: {metric}"
+    run.log_text(study_report.html_page(study_report.interactive_plots(study, metric), title), "study/plots.html")
+    for name, figure in study_report.static_plots(study, metric).items():
+        run.log_figure(figure, f"study/{name}.png")
+        plt.close(figure)  # Optuna draws these through pyplot, which keeps every figure open
+    run.log_table(study_report.trials_table(study), "study/trials.json")
 
 
 @dataclass(frozen=True)
@@ -290,7 +342,7 @@ def study_result(stores: Stores, cfg: PipelineConfig, run: tracking.RunHandle) -
     """The best trial of the study ``search.study_name``, logged on ``run`` as ``search_hparams``
     logs it: what a pipeline whose search fanned out to workers trains next."""
     result = search.study_best(cfg.search.study_name, stores.study_storage)
-    _log_search(run, result)
+    _log_search(run, result, cfg)
     return result
 
 
@@ -301,9 +353,9 @@ def train_final(
     its bag-of-bigrams companion; the average of both when that wins on validation."""
     run.log_params(run_params(hparams, cfg, data.vocab_size_effective))
     rnn, result = train_model(
-        hparams, data, cfg.train, callbacks=[EpochMetrics(run.log_metrics)], progress=f"final {hparams.cell}"
+        hparams, data, cfg.train, callbacks=[EpochMetrics(run.log_metrics, prefix="rnn/")], progress=f"final {hparams.cell}"
     )
-    _log_training(run, result)
+    _log_training(run, result, prefix="rnn/")
     # Served uncompiled: a compiled model is saved with its optimizer state.
     final = FinalModel(inference_copy(rnn), hparams, result, "rnn", data.vocab_size_effective)
     if cfg.train.bigram_buckets:
@@ -317,18 +369,18 @@ def _blend_companion(
 ) -> FinalModel:
     if cfg.train.companion == "nbsvm":
         companion, companion_result = train_nbsvm_model(data, cfg.train, widths=rnn.result.widths)
-        run.log_metrics({"bigrams_val_accuracy": companion_result.best_value}, 1)
+        run.log_metrics({"bigrams/val_accuracy": companion_result.best_value}, 1)
     else:
         companion, companion_result = train_bigram_model(
             data,
             cfg.train,
             widths=rnn.result.widths,
-            callbacks=[EpochMetrics(run.log_metrics, prefix="bigrams_")],
+            callbacks=[EpochMetrics(run.log_metrics, prefix="bigrams/")],
             progress="bigram companion",
         )
-    _log_training(run, companion_result, prefix="bigrams_")
+    _log_training(run, companion_result, prefix="bigrams/")
     choice = choose_blend(rnn.model, companion, data.val, rnn.result.widths)
-    run.log_metrics(choice.metrics())
+    run.log_metrics({f"blend/{name}": value for name, value in choice.metrics().items()})
     ids = "ngram_ids" if cfg.train.companion == "nbsvm" else "bigram_ids"
     buckets = companion.get_layer(ids).buckets  # the cap, or fewer on small data
     run.log_params({"bigram_buckets_used": buckets})
@@ -345,7 +397,7 @@ def _blend_companion(
     )
 
 
-def _log_training(run: tracking.RunHandle, result: TrainResult, prefix: str = "") -> None:
+def _log_training(run: tracking.RunHandle, result: TrainResult, prefix: str) -> None:
     """Summary of a finished training: best epoch and value, epochs run and speed."""
     run.log_metrics(
         {
@@ -358,17 +410,43 @@ def _log_training(run: tracking.RunHandle, result: TrainResult, prefix: str = ""
     )
 
 
+# The parts that train under a pipeline run, by metric prefix: their learning curves.
+_PARTS = {"rnn": "RNN", "bigrams": "bag-of-bigrams companion"}
+
+
 def evaluate_model(final: FinalModel, data: PreparedData, run: tracking.RunHandle) -> Evaluation:
-    """Test metrics, the confusion matrix (PNG and JSON) and the learning curves (PNG) on the run."""
+    """The shipped model on the test split: metrics ``model/test_…`` (and ``model/val_accuracy``),
+    confusion matrix, ROC, precision-recall, calibration and accuracy-by-length plots, a learning
+    curve per trained part, and the most confidently wrong reviews as a table (``evaluation/``)."""
     probability = predict_proba(final.model, data.test.x, data.test.lengths, final.result.widths)
     evaluation = evaluate(data.test.y, probability)
-    run.log_metrics({k: v for k, v in evaluation.metrics.items() if v == v})  # NaN: undefined metric
-    run.log_figure(learning_curves(final.result.history), "plots/learning_curves.png")
-    run.log_figure(confusion_figure(evaluation.confusion), "plots/confusion_matrix.png")
+    val = predict_proba(final.model, data.val.x, data.val.lengths, final.result.widths)
+    headline = {f"model/{k}": v for k, v in evaluation.metrics.items() if v == v}  # NaN: undefined
+    headline["model/val_accuracy"] = float(np.mean((val >= THRESHOLD) == data.val.y.astype(bool)))
+    run.log_metrics(headline)
+    label = f"{final.kind} model, test split ({len(data.test_texts)} reviews)"
+    y, words = data.test.y, np.array([len(text.split()) for text in data.test_texts])
+    by_length = accuracy_by_length(y, probability, words)
+    figures = {
+        "confusion_matrix": confusion_figure(evaluation.confusion, label),
+        "roc_curve": roc_figure(y, probability, label),
+        "precision_recall_curve": precision_recall_figure(y, probability, label),
+        "calibration": calibration_figure(y, probability, label),
+        "accuracy_by_length": length_figure(by_length, label),
+    }
+    for part, name in _PARTS.items():
+        curves = run.history([f"{part}/{m}" for m in ("loss", "accuracy", "val_loss", "val_accuracy")])
+        if curves:
+            history = {key.removeprefix(f"{part}/"): values for key, values in curves.items()}
+            figures[f"learning_curves_{part}"] = learning_curves(history, name)
+    for name, figure in figures.items():
+        run.log_figure(figure, f"plots/{name}.png")
     run.log_dict(
         {"rows_true": ["negative", "positive"], "matrix": evaluation.confusion.tolist()},
         "evaluation/confusion_matrix.json",
     )
+    run.log_table(by_length, "evaluation/accuracy_by_length.json")
+    run.log_table(confident_errors(list(data.test_texts), y, probability), "evaluation/confident_errors.json")
     return evaluation
 
 
@@ -394,6 +472,7 @@ def register_model(
     """Register the model; promote it only if it beats the champion on the same test reviews."""
     evidence: dict[str, Any] = {
         **evaluation.metrics,
+        **_validation_numbers(run),
         **run_params(final.hparams, cfg),
         **final.details(),
         **data.summary(),
@@ -416,6 +495,17 @@ def register_model(
         }
     )
     return decision
+
+
+def _validation_numbers(run: tracking.RunHandle) -> dict[str, float]:
+    """What chose the model, from the run's metrics: the shipped model's validation accuracy, the
+    candidates of the blend choice, and the best trial's value (``val_…`` keys for the card)."""
+    logged = run.client.get_run(run.run_id).data.metrics
+    numbers = {f"val_{key.removeprefix('blend/val_')}": v for key, v in logged.items() if key.startswith("blend/val_")}
+    numbers |= {f"val_{k.removeprefix('search/best_val_')}_best_trial": v for k, v in logged.items() if k.startswith("search/best_val_")}
+    if "model/val_accuracy" in logged:
+        numbers["val_accuracy"] = logged["model/val_accuracy"]
+    return numbers
 
 
 def summarize(
@@ -450,7 +540,7 @@ def summarize(
             "best_value": searched.best_value,
             "best_hparams": searched.best_hparams.model_dump(),
         }
-    return RunSummary(
+    summary = RunSummary(
         run_id=run.run_id,
         run_url=run.link(ui_url),
         model_name=cfg.tracking.model_name,
@@ -463,3 +553,5 @@ def summarize(
         **best,
         **promotion,
     )
+    run.describe(summary.description())
+    return summary

@@ -9,18 +9,22 @@ Runs never stay RUNNING: each ends FINISHED, FAILED with its reason, or as its o
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
+import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
 from pipeline.liveness import here, is_gone
 from pipeline.stores import Stores
@@ -77,6 +81,27 @@ class RunHandle:
     def log_dict(self, value: Mapping[str, Any], path: str) -> None:
         self.client.log_dict(self.run_id, dict(value), path)
 
+    def history(self, keys: list[str]) -> dict[str, list[float]]:
+        """key → its logged values in step order, for the keys this run has (epoch curves)."""
+        found = {}
+        for key in keys:
+            points = sorted(self.client.get_metric_history(self.run_id, key), key=lambda m: m.step)
+            if points:
+                found[key] = [m.value for m in points]
+        return found
+
+    def log_table(self, table, path: str) -> None:
+        """A DataFrame as an MLflow table artifact (``path`` ends in .json): the UI shows it as a
+        table and ``mlflow.load_table`` reads it back."""
+        self.client.log_table(self.run_id, data=table, artifact_file=path)
+
+    def log_text(self, text: str, path: str) -> None:
+        self.client.log_text(self.run_id, text, path)
+
+    def describe(self, markdown: str) -> None:
+        """The run's description: the text the run page shows at its top."""
+        self.client.set_tag(self.run_id, MLFLOW_RUN_NOTE, markdown)
+
     def log_artifacts(self, folder: str, path: str) -> None:
         self.client.log_artifacts(self.run_id, folder, path)
 
@@ -90,16 +115,23 @@ class RunHandle:
 
         # ``mlflow.pyfunc.log_model`` takes no run id (it wants the thread's active run, and
         # resuming this one would end it): ``Model.log`` under it does, given the pyfunc flavor.
-        # It reads MLflow's global URI: point that at this run's store for the call only.
+        # The logged model is made here, in the run's experiment (Model.log would put it in the
+        # thread's active experiment), and Model.log reads MLflow's global URI: point that at
+        # this run's store for the call only.
+        params = dict(self.client.get_run(self.run_id).data.params)
+        model = self.client.create_logged_model(
+            self.experiment_id, name=name, source_run_id=self.run_id, params=params, model_type="pyfunc"
+        )
         with _use_tracking_uri(self.stores.tracking_uri):
             info = Model.log(
                 artifact_path=None,
                 name=name,
                 flavor=mlflow.pyfunc,
                 run_id=self.run_id,
-                flavor_name="pyfunc.ModelFromCode",
+                model_id=model.model_id,
                 **spec,
             )
+        self.client.finalize_logged_model(model.model_id, "READY")
         return info.model_uri
 
     def kill(self, tags: Mapping[str, Any]) -> None:
@@ -114,9 +146,10 @@ class RunHandle:
         self.ended = True
 
     def link(self, ui_url: str | None = None) -> str:
-        """The run's page in the MLflow UI at ``ui_url`` (default: where the stores say)."""
+        """The run's page in the MLflow UI at ``ui_url`` (default: where the stores say), in the
+        UI's model-training mode (it opens in GenAI mode unless told)."""
         base = (ui_url or self.stores.ui_url()).rstrip("/")
-        return f"{base}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return f"{base}/#/experiments/{self.experiment_id}/runs/{self.run_id}?{MODEL_TRAINING}"
 
     @property
     def artifact_uri(self) -> str:
@@ -129,6 +162,69 @@ def param_value(value: Any) -> str:
     return text[:6000]
 
 
+# A saved view of the runs table (MLflow 3.17 keeps them as experiment tags with this prefix):
+# the columns that choose a model, the trials' outcome and configuration, the parent expanded.
+VIEW_TAG = "mlflow.sharedViewState.model-selection"
+VIEW_NAME = "Model selection"
+VIEW_COLUMNS = (
+    "attributes.`Dataset`",
+    "attributes.`Models`",
+    "metrics.`model/test_accuracy`",
+    "metrics.`model/val_accuracy`",
+    "metrics.`val_accuracy`",
+    "tags.`outcome`",
+    "tags.`epochs`",
+    "tags.`best_trial`",
+    "params.`cell`",
+    "params.`layers`",
+    "params.`units`",
+    "params.`learning_rate`",
+    "tags.`model_kind`",
+)
+
+
+# MLflow 3.17's UI opens in GenAI mode (traces, tokens) until a person flips its sidebar toggle,
+# whatever the experiment's kind; this URL parameter opens it in model-training mode.
+MODEL_TRAINING = "workflowType=machine_learning"
+
+
+def experiment_link(ui_url: str, experiment: str) -> str:
+    """The experiment's runs table in model-training mode, with the "Model selection" view."""
+    view = VIEW_TAG.removeprefix("mlflow.sharedViewState.")
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment}/runs?{MODEL_TRAINING}&viewStateShareKey={view}"
+
+
+def save_runs_view(client: MlflowClient, experiment: str) -> None:
+    """The "Model selection" view in the runs table's Views menu: key metrics, outcome, epochs,
+    best-trial mark and hyperparameters as columns, trials expanded under their parent, the
+    run-name column wide enough for the trial names. Rewritten (same key) on every run."""
+    now = int(time.time() * 1000)
+    state = {
+        "searchFilter": "",
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": False,
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "datasetsFilter": [],
+        "modelVersionFilter": "All Runs",
+        "selectedColumns": list(VIEW_COLUMNS),
+        "columnOrder": [],
+        "columnWidths": {"attributes.`Run Name`": 420},
+        "runsHiddenMode": "SHOW_ALL",
+        "runsExpanded": {},
+        "viewMaximized": False,
+        "runListHidden": False,
+        "isAccordionReordered": False,
+        "useGroupedValuesInCharts": True,
+        "hideEmptyCharts": True,
+        "groupBy": None,
+        "groupsExpanded": {},
+        "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""},
+    }
+    view = {"name": VIEW_NAME, "createdAt": now, "updatedAt": now, "state": json.dumps(state)}
+    client.set_experiment_tag(experiment, VIEW_TAG, json.dumps(view))
+
+
 def experiment_id(client: MlflowClient, stores: Stores, name: str) -> str:
     """The experiment's id, creating it with its artifacts where the stores say. Two processes
     creating it at once (search workers, pipeline runs) both get the one that was created."""
@@ -136,13 +232,17 @@ def experiment_id(client: MlflowClient, stores: Stores, name: str) -> str:
     if experiment is not None:
         if experiment.tags.get(EXPERIMENT_KIND_TAG) is None:  # made before the tag existed
             client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        if experiment.tags.get(VIEW_TAG) is None:
+            save_runs_view(client, experiment.experiment_id)
         return experiment.experiment_id
     try:
-        return client.create_experiment(
+        created = client.create_experiment(
             name,
             artifact_location=stores.experiment_artifact_location(name),
             tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
         )
+        save_runs_view(client, created)
+        return created
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
@@ -157,7 +257,9 @@ def open_run(
     is interrupted (Ctrl-C, SIGTERM), unless its owner ended it already (``RunHandle.end``)."""
     client = stores.mlflow_client()
     exp_id = experiment_id(client, stores, experiment_name)
-    run = client.create_run(exp_id, run_name=run_name, tags={MLFLOW_RUN_NAME: run_name, **tags})
+    # MLflow's own context tags (source, user), as its fluent start_run sets them, and the commit.
+    context = resolve_tags() | _git_commit()
+    run = client.create_run(exp_id, run_name=run_name, tags={**context, MLFLOW_RUN_NAME: run_name, **tags})
     handle = RunHandle(client, run.info.run_id, exp_id, stores)
     try:
         yield handle
@@ -172,6 +274,19 @@ def open_run(
         raise
     if not handle.ended:
         handle.end(RunStatus.to_string(RunStatus.FINISHED))
+
+
+@functools.cache
+def _git_commit() -> dict[str, str]:
+    """The project's git commit as MLflow's tag (MLflow finds it only with GitPython installed)."""
+    try:
+        found = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    commit = found.stdout.strip()
+    return {MLFLOW_GIT_COMMIT: commit} if found.returncode == 0 and len(commit) == 40 else {}
 
 
 def _stop_reason(stopped: BaseException) -> str:
@@ -293,6 +408,34 @@ def trial_tracker(
     parent: RunHandle, experiment_name: str, study_name: str, dataset: DatasetRecord | None = None
 ) -> TrialTracker:
     return TrialTracker(parent.run_id, parent.stores, experiment_name, study_name, dataset)
+
+
+BEST_TAG = "best_trial"
+_BEST_SUFFIX = " · best"
+
+
+def mark_best_trial(parent: RunHandle, experiment_name: str, study_name: str, number: int) -> str | None:
+    """Tag the run of trial ``number`` of ``study_name`` ``best_trial=true`` (and end its name with
+    "· best"), untag an earlier best of the same study (a resumed study may have a new one), and
+    put the trial's number and run id on ``parent``. Returns that run id (None: no run found)."""
+    client = parent.client
+    query = f"tags.optuna_study = '{study_name}' and tags.stage = 'trial'"
+    best_id = None
+    for run in client.search_runs([parent.experiment_id], query, max_results=5000):
+        name = run.data.tags.get(MLFLOW_RUN_NAME, "")
+        if run.data.tags.get("optuna_trial") == str(number) and run.info.status == "FINISHED":
+            best_id = best_id or run.info.run_id
+            if run.info.run_id == best_id:
+                client.set_tag(run.info.run_id, BEST_TAG, "true")
+                if not name.endswith(_BEST_SUFFIX):
+                    client.update_run(run.info.run_id, name=name + _BEST_SUFFIX)
+                continue
+        if run.data.tags.get(BEST_TAG) == "true":
+            client.set_tag(run.info.run_id, BEST_TAG, "false")
+            client.update_run(run.info.run_id, name=name.removesuffix(_BEST_SUFFIX))
+    if best_id is not None:
+        parent.set_tags({"best_trial_number": number, "best_trial_run_id": best_id})
+    return best_id
 
 
 def trial_name(number: int, params: Mapping[str, Any]) -> str:

@@ -86,3 +86,44 @@ def test_confusion_figure_shows_the_counts():
     assert isinstance(figure, Figure)
     texts = {text.get_text() for text in figure.axes[0].texts}
     assert {"3", "1", "2", "4"} <= texts
+
+
+def test_the_most_confidently_wrong_reviews_come_first_with_their_excerpt_and_length():
+    from pipeline.evaluate import confident_errors
+
+    texts = ["fine film", "awful<br />awful " + "word " * 200, "great", "bad"]
+    y_true = np.array([1, 1, 0, 0])
+    probability = np.array([0.9, 0.05, 0.7, 0.2])  # wrong: index 1 (sure, 0.95) and 2 (0.7)
+
+    table = confident_errors(texts, y_true, probability, excerpt=20)
+
+    assert table["index"].tolist() == [1, 2]
+    assert table["label"].tolist() == ["positive", "negative"]
+    assert table["confidence"].tolist() == [0.95, 0.7]
+    assert table["excerpt"][0] == "awful awful word wo…" and "<br" not in table["excerpt"][0]
+    assert table["words"][0] == 202
+
+
+def test_accuracy_by_length_buckets_reviews_by_words():
+    from pipeline.evaluate import accuracy_by_length
+
+    y_true = np.array([1, 1, 0, 0])
+    probability = np.array([0.9, 0.1, 0.2, 0.4])
+    table = accuracy_by_length(y_true, probability, np.array([50, 150, 150, 900]))
+
+    rows = table.set_index("bucket")
+    assert rows.loc["0-99", "accuracy"] == 1.0 and rows.loc["100-199", "accuracy"] == 0.5
+    assert rows.loc["100-199", "reviews"] == 2 and rows.loc["200-399", "reviews"] == 0
+    assert rows.loc["800+", "reviews"] == 1
+
+
+@pytest.mark.parametrize("name", ["roc_figure", "precision_recall_figure", "calibration_figure"])
+def test_curves_are_titled_with_the_model_and_split(name):
+    import pipeline.evaluate
+
+    figure = getattr(pipeline.evaluate, name)(
+        np.array([0, 1, 0, 1, 1]), np.array([0.2, 0.8, 0.4, 0.6, 0.3]), "rnn model, test split (5 reviews)"
+    )
+
+    assert isinstance(figure, Figure)
+    assert "rnn model, test split (5 reviews)" in figure.axes[0].get_title()

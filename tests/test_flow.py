@@ -89,7 +89,17 @@ def test_parent_run_has_nested_trial_runs_with_comparable_params_and_epoch_metri
         assert child.info.status in {"FINISHED", "KILLED"}  # complete or pruned, never left RUNNING
         history = client.get_metric_history(child.info.run_id, "val_accuracy")
         assert [m.step for m in history] == list(range(1, len(history) + 1))
+        assert child.data.tags["epochs"] == str(len(history))  # tags and steps count alike
         assert EPOCH_METRICS <= set(child.data.metrics)
+        name = child.data.tags["mlflow.runName"]
+        assert name.startswith(f"trial-{int(child.data.tags['optuna_trial']):03d} gru×")
+        assert f"· {child.data.tags['outcome']} after" in name
+        assert child.inputs.dataset_inputs  # the dataset the trial trained on
+    best = [child for child in children if child.data.tags.get("best_trial") == "true"]
+    assert len(best) == 1 and best[0].data.tags["mlflow.runName"].endswith("· best")
+    assert parent.data.tags["best_trial_run_id"] == best[0].info.run_id
+    assert parent.data.tags["best_trial_number"] == str(summary.best_trial)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert RUN_PARAMS <= set(parent.data.params)  # the final model's params, same names
     # The cap and what the embedding got: the words the 480 training reviews hold, plus 2 ids.
     assert parent.data.params["vocab_size"] == "3000"
@@ -100,12 +110,60 @@ def test_parent_run_holds_test_metrics_plots_and_the_model(first_run):
     cfg, summary = first_run
     client = _client(cfg)
     run = client.get_run(summary.run_id)
+    metrics = run.data.metrics
     for metric in ("test_accuracy", "test_precision", "test_recall", "test_f1", "test_roc_auc", "test_loss"):
-        assert 0.0 <= run.data.metrics[metric] <= max(1.0, run.data.metrics["test_loss"])
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert artifacts == {"plots/learning_curves.png", "plots/confusion_matrix.png"}
-    assert "model/MLmodel" in {a.path for a in client.list_artifacts(run.info.run_id, "model")}
-    assert len(client.get_metric_history(run.info.run_id, "val_loss")) >= 1
+        assert 0.0 <= metrics[f"model/{metric}"] <= max(1.0, metrics["model/test_loss"])
+    assert 0.0 <= metrics["model/val_accuracy"] <= 1.0
+    assert len(client.get_metric_history(run.info.run_id, "rnn/val_loss")) >= 1
+    assert "`model/…` the shipped model" in run.data.tags["mlflow.note.content"]
+    assert summary.model_kind in run.data.tags["mlflow.note.content"]
+    # The model is a logged model (MLflow 3) from code: nothing pickled, linked to the run.
+    logged = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert [m.source_run_id for m in logged if m.source_run_id == run.info.run_id]
+    version = client.get_model_version("flow-test-model", summary.registered_version)
+    assert version.source.removeprefix("models:/") in {m.model_id for m in logged}
+
+
+def _download(client, run_id, path, tmp_path):
+    return client.download_artifacts(run_id, path, str(tmp_path))
+
+
+def test_parent_run_holds_the_plots_the_study_and_the_error_analysis(first_run, tmp_path):
+    import json
+    from pathlib import Path
+
+    cfg, summary = first_run
+    client = _client(cfg)
+    run_id = summary.run_id
+    plots = {a.path for a in client.list_artifacts(run_id, "plots")}
+    assert plots == {
+        f"plots/{name}.png"
+        for name in (
+            "confusion_matrix",
+            "roc_curve",
+            "precision_recall_curve",
+            "calibration",
+            "accuracy_by_length",
+            "learning_curves_rnn",
+            "learning_curves_bigrams",
+        )
+    }
+    study = {a.path for a in client.list_artifacts(run_id, "study")}
+    assert {"study/plots.html", "study/trials.json", "study/optimization_history.png", "study/slice.png"} <= study
+    for path in plots | {p for p in study if p.endswith(".png")}:
+        assert Path(_download(client, run_id, path, tmp_path)).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = Path(_download(client, run_id, "study/plots.html", tmp_path)).read_text()
+    assert html.count("Plotly.newPlot") >= 3 and "optimization history" in html.lower()
+    trials = json.loads(Path(_download(client, run_id, "study/trials.json", tmp_path)).read_text())
+    rows = pd.DataFrame(trials["data"], columns=trials["columns"])
+    assert len(rows) == 2 and set(rows["state"]) <= {"complete", "pruned", "failed"}  # rows = trials
+    assert {"value", "epochs", "seconds", "param.learning_rate"} <= set(rows.columns)
+    errors = json.loads(Path(_download(client, run_id, "evaluation/confident_errors.json", tmp_path)).read_text())
+    errors = pd.DataFrame(errors["data"], columns=errors["columns"])
+    assert len(errors) and set(errors["label"]) <= {"positive", "negative"}
+    assert (errors["confidence"].diff().dropna() <= 0).all()  # surest first
+    wrong = (errors["p_positive"] >= 0.5) != (errors["label"] == "positive")
+    assert wrong.all()
 
 
 def test_registry_consumer_scores_raw_text_with_public_api_only(first_run):
@@ -116,8 +174,9 @@ def test_registry_consumer_scores_raw_text_with_public_api_only(first_run):
     version = client.get_model_version_by_alias("flow-test-model", "champion")
     assert str(version.version) == str(summary.registered_version)
     assert float(version.tags["test_accuracy"]) == pytest.approx(summary.test_metrics["test_accuracy"])
-    assert version.tags["run_id"] == summary.run_id
-    assert version.tags["dataset_digest"] and version.tags["cell"] == "gru"
+    assert version.run_id == summary.run_id
+    assert version.tags["dataset_digest"] and "- cell: gru" in version.description
+    assert "## Validation" in version.description and "- val_accuracy: " in version.description
 
     mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
     model = mlflow.pyfunc.load_model("models:/flow-test-model@champion")
@@ -217,9 +276,9 @@ def test_final_run_records_the_companion_and_keeps_the_blend_only_when_it_wins_o
     cfg, summary = first_run
     run = _client(cfg).get_run(summary.run_id)
     metrics = run.data.metrics
-    assert {"bigrams_val_accuracy", "bigrams_best_epoch", "bigrams_epochs_run"} <= set(metrics)
-    rnn, blend = metrics["val_accuracy_rnn"], metrics["val_accuracy_rnn_bigrams"]
-    assert 0.0 <= metrics["val_accuracy_bigrams"] <= 1.0
+    assert {"bigrams/val_accuracy", "bigrams/best_epoch", "bigrams/epochs_run"} <= set(metrics)
+    rnn, blend = metrics["blend/val_accuracy_rnn"], metrics["blend/val_accuracy_rnn_bigrams"]
+    assert 0.0 <= metrics["blend/val_accuracy_bigrams"] <= 1.0
     expected = "rnn+bigrams" if blend > rnn else "rnn"
     assert run.data.tags["model_kind"] == summary.model_kind == expected
     version = _client(cfg).get_model_version("flow-test-model", summary.registered_version)
@@ -234,4 +293,4 @@ def test_without_a_companion_the_champion_is_the_rnn_alone(prefect_api, tmp_path
 
     run = _client(cfg).get_run(summary.run_id)
     assert summary.model_kind == run.data.tags["model_kind"] == "rnn"
-    assert not any(name.startswith(("bigrams_", "val_accuracy_rnn")) for name in run.data.metrics)
+    assert not any(name.startswith(("bigrams/", "blend/")) for name in run.data.metrics)

@@ -129,7 +129,9 @@ def test_metric_values_lose_float32_noise(stores):
 def test_a_run_links_to_its_page_in_the_ui(stores):
     with tracking.open_run(stores, "exp", "linked", {}) as run:
         pass
-    assert run.link() == f"http://127.0.0.1:5000/#/experiments/{run.experiment_id}/runs/{run.run_id}"
+    assert run.link() == (
+        f"http://127.0.0.1:5000/#/experiments/{run.experiment_id}/runs/{run.run_id}?workflowType=machine_learning"
+    )
     assert run.link("https://mlflow.example/").startswith("https://mlflow.example/#/experiments/")
 
 
@@ -145,3 +147,11 @@ def test_an_experiment_created_by_another_process_in_between_is_used(stores):
 
     client.get_experiment_by_name = not_there_yet
     assert tracking.experiment_id(client, stores, "raced") == created_elsewhere
+
+
+def test_runs_record_their_source_and_git_commit(stores):
+    with tracking.open_run(stores, "exp", "sourced", {}) as run:
+        pass
+    tags = _run(stores, run.run_id).data.tags
+    assert tags["mlflow.source.name"] and tags["mlflow.source.type"] == "LOCAL"
+    assert len(tags.get("mlflow.source.git.commit", "")) == 40  # the tests run inside the repository
