@@ -64,6 +64,7 @@ class PostgresCluster:
     data_dir: Path
     port: int
     as_user: list[str]  # prefix that runs a command as the cluster's owner
+    durable: bool = False  # True: PostgreSQL's defaults (fsync on), for timings that mean something
 
     def _ctl(self, *args: str) -> None:
         subprocess.run(
@@ -81,7 +82,9 @@ class PostgresCluster:
     def start(self) -> None:
         socket_dir = self.data_dir.parent  # not /var/run/postgresql, which may not exist
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={socket_dir} "
-        self._ctl("start", "-w", "-l", str(self.log_path), "-o", options + _PG_OPTIONS)
+        self._ctl(
+            "start", "-w", "-l", str(self.log_path), "-o", options + ("" if self.durable else _PG_OPTIONS)
+        )
 
     def restart(self) -> None:
         """``pg_ctl restart`` (fast shutdown): every open connection is cut, as in a server restart."""
@@ -118,8 +121,9 @@ class PostgresCluster:
             admin.close()
 
 
-def start_postgres() -> PostgresCluster:
-    """initdb + pg_ctl start in a fresh folder the ``postgres`` user owns. Raises RuntimeError when
+def start_postgres(durable: bool = False) -> PostgresCluster:
+    """initdb + pg_ctl start in a fresh folder the ``postgres`` user owns; ``durable`` keeps
+    PostgreSQL's flushes on (benchmarks), else they are off (tests). Raises RuntimeError when
     PostgreSQL is not installed or will not start (the message says which)."""
     bin_dir = postgres_bin()
     if bin_dir is None:
@@ -137,7 +141,7 @@ def start_postgres() -> PostgresCluster:
              "-D", str(data_dir)],
             check=True, capture_output=True, timeout=120,
         )  # fmt: skip
-        cluster = PostgresCluster(bin_dir, data_dir, free_port(), as_user)
+        cluster = PostgresCluster(bin_dir, data_dir, free_port(), as_user, durable)
         cluster.start()
     except subprocess.CalledProcessError as error:
         detail = (error.stderr or b"").decode(errors="replace").strip().splitlines()[-1:]
