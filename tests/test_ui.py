@@ -1,0 +1,216 @@
+"""The MLflow UI as a person sees it: a tiny real pipeline run, `mlflow ui` on its store, and
+Debian's headless Chromium driven by Selenium (chromium-driver; nothing is downloaded).
+
+Without Chromium the test is skipped, except under ``CI=true``, where it fails: CI installs it
+(``.ci/run``, ``make test``). Screenshots land in the test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import SAMPLE_ARCHIVE, build_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+MODEL = "ui-test-model"
+
+
+@dataclass(frozen=True)
+class Store:
+    cfg: object
+    experiment_id: str
+    parent_run_id: str
+    best_trial_run_id: str
+    version: str
+
+
+def make_store(root: Path) -> Store:
+    """A small real pipeline run (search with pruning, training, evaluation, registration) through
+    the same stages the flows run, without Prefect around them."""
+    from pipeline import stages
+    from pipeline.data import prepare
+    from pipeline.stores import resolve
+
+    cfg = build_config(
+        {
+            "data.path": SAMPLE_ARCHIVE,
+            "data.cache_dir": root / "cache",
+            "data.limit": 200,
+            "data.max_len": 120,
+            "data.vocab_size": 1500,
+            "search.trials": 4,
+            "search.epochs": 2,
+            "search.cells": ("gru",),
+            "search.study_name": "ui-test",
+            "train.epochs": 2,
+            "tracking.tracking_uri": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
+            "tracking.experiment_name": "ui-test",
+            "tracking.model_name": MODEL,
+        }
+    )
+    stores = resolve(cfg)
+    data = prepare(cfg.data)
+    with stages.pipeline_run(stores, cfg, data) as run:
+        searched = stages.search_hparams(data, cfg, run)
+        final = stages.train_final(searched.best_hparams, data, cfg, run)
+        evaluation = stages.evaluate_model(final, data, run)
+        model_uri = stages.log_model(final, data, run)
+        decision = stages.register_model(cfg, model_uri, final, evaluation, data, run)
+        stages.summarize(cfg, run, final, evaluation, searched=searched, model_uri=model_uri, decision=decision)
+    if not decision.promoted:  # a tiny model may rightly fail the gate; the page needs a champion
+        from pipeline import registry
+
+        registry.promote(stores, cfg.tracking, decision.version, "UI test: the page shows @champion")
+    client = stores.mlflow_client()
+    parent = client.get_run(run.run_id)
+    return Store(cfg, run.experiment_id, run.run_id, parent.data.tags["best_trial_run_id"], decision.version)
+
+
+def _chromium_or_skip() -> None:
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not shutil.which(path)]
+    if missing:
+        message = f"Debian's chromium and chromium-driver are needed ({', '.join(missing)} missing): make chromium"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1800,950"):
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def wait_for_text(driver, *texts: str, timeout: float = 60.0) -> str:
+    """The page's visible text once it shows every one of ``texts``."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def shown(d) -> str | bool:
+        body = d.find_element(By.TAG_NAME, "body").text
+        return body if all(text in body for text in texts) else False
+
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.5).until(shown)
+    except TimeoutException:
+        body = driver.find_element(By.TAG_NAME, "body").text
+        raise AssertionError(f"the page never showed {texts}; it shows: {body[:1500]!r}") from None
+
+
+def click(driver, xpath: str, timeout: float = 30.0) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    element = WebDriverWait(driver, timeout).until(expected_conditions.element_to_be_clickable((By.XPATH, xpath)))
+    driver.execute_script("arguments[0].click();", element)
+
+
+def wait_for_image(driver, timeout: float = 30.0) -> None:
+    """Until the artifact preview shows a loaded image."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    loaded = "return [...document.images].some(i => i.complete && i.naturalWidth > 200)"
+    WebDriverWait(driver, timeout, poll_frequency=0.5).until(lambda d: d.execute_script(loaded))
+
+
+def close_assistant(driver) -> None:
+    """The UI's assistant panel takes a third of the width: close it when it is open."""
+    from selenium.webdriver.common.by import By
+
+    for button in driver.find_elements(By.XPATH, "//button[@aria-label='Close']"):
+        if button.is_displayed():
+            driver.execute_script("arguments[0].click();", button)
+
+
+@pytest.fixture(scope="module")
+def ui_store(tmp_path_factory):
+    _chromium_or_skip()
+    return make_store(tmp_path_factory.mktemp("ui-store"))
+
+
+@pytest.fixture(scope="module")
+def ui_url(ui_store, tmp_path_factory):
+    from pipeline import ui
+    from pipeline.stores import resolve
+
+    running = ui.start(resolve(ui_store.cfg), tmp_path_factory.mktemp("ui-log") / "mlflow-ui.log")
+    yield running.url
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def driver():
+    _chromium_or_skip()
+    chromium = browser()
+    yield chromium
+    chromium.quit()
+
+
+def check_runs_table(driver, ui_url: str, store: Store, shots: Path) -> str:
+    """The link `sentiment ui` prints opens the runs table in model-training mode with the "Model
+    selection" view; expanding the parent shows the trials by name, outcome and best mark."""
+    from pipeline import tracking
+
+    driver.get(tracking.experiment_link(ui_url, store.experiment_id))
+    wait_for_text(driver, "Runs", "pipeline-", "Model selection")
+    close_assistant(driver)
+    # The expander is the button in the parent's run-name cell (it has no label to find it by).
+    click(driver, "//*[@role='gridcell'][.//a[contains(., 'pipeline-')]]//button")
+    text = wait_for_text(driver, "trial-000 gru×", "· best")
+    driver.save_screenshot(str(shots / "runs_table.png"))
+    return text
+
+
+def check_study_view(driver, ui_url: str, store: Store, shots: Path) -> str:
+    """The parent run's artifacts: the study plots (previewed) and the error-analysis table."""
+    base = f"{ui_url}/#/experiments/{store.experiment_id}/runs/{store.parent_run_id}/artifacts"
+    driver.get(f"{base}/evaluation/confident_errors.json?workflowType=machine_learning")
+    text = wait_for_text(driver, "confident_errors.json", "View as table", "excerpt", "p_positive")
+    close_assistant(driver)
+    driver.save_screenshot(str(shots / "error_analysis.png"))
+    click(driver, "//*[normalize-space(text())='study']")
+    text += wait_for_text(driver, "plots.html", "trials.json", "optimization_history.png", "param_importances.png")
+    click(driver, "//*[normalize-space(text())='optimization_history.png']")
+    wait_for_text(driver, "study/optimization_history.png")
+    wait_for_image(driver)
+    driver.save_screenshot(str(shots / "study_view.png"))
+    return text
+
+
+def check_model_version(driver, ui_url: str, store: Store, shots: Path) -> str:
+    driver.get(f"{ui_url}/#/models/{MODEL}/versions/{store.version}?workflowType=machine_learning")
+    text = wait_for_text(driver, "champion", "Intended use", "Limitations", "Validation")
+    close_assistant(driver)
+    driver.save_screenshot(str(shots / "model_version.png"))
+    return text
+
+
+def test_a_person_opening_the_ui_finds_the_runs_the_study_and_the_champion(driver, ui_url, ui_store, tmp_path):
+    runs = check_runs_table(driver, ui_url, ui_store, tmp_path)
+    # Model-training mode: its sidebar has the model registry, not GenAI's observability section.
+    assert "/runs" in driver.current_url and "Model registry" in runs and "Observability" not in runs
+    assert "pipeline-" in runs and ("complete after" in runs or "pruned after" in runs)
+    assert "model/test_accuracy" in runs or "model/test_accu" in runs  # the view's columns
+
+    study = check_study_view(driver, ui_url, ui_store, tmp_path)
+    assert "confident_errors.json" in study and "plots.html" in study
+
+    version = check_model_version(driver, ui_url, ui_store, tmp_path)
+    assert "@champion" in version or "champion" in version
+    for shot in ("runs_table.png", "study_view.png", "model_version.png"):
+        assert (tmp_path / shot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
