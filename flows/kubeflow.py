@@ -22,6 +22,7 @@ KFP's executor, where importing ``kfp.compiler`` or ``kfp.kubernetes`` is a circ
 two are imported only where the pipeline is built.
 """
 
+import contextlib
 import inspect
 import os
 import pickle
@@ -530,8 +531,11 @@ def run_local(cfg: PipelineConfig, root: Path | None = None) -> dict:
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     root = root or PROJECT_ROOT / ".cache" / "kfp-local"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
-    with warnings.catch_warnings():  # "a custom base image in a Python environment": this one's
+    # KFP's local runner writes every task's log to stdout: send it to stderr, so stdout holds the
+    # result alone (`--json`); and hush its notes on what a cluster does (the image, resources).
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
         warnings.filterwarnings("ignore", "You may be attemp", RuntimeWarning)
+        warnings.filterwarnings("ignore", ".*have no effect in the current local runner", UserWarning)
         task = build_pipeline(workers=cfg.search.workers, secret=None)(**pipeline_arguments(cfg))
     return _typed_summary(task.output)
 
