@@ -178,7 +178,8 @@ def create_study(
         if isinstance(storage, optuna.storages.RDBStorage)
         else _storage(storage, cfg.search.heartbeat_seconds, trial_tracker),
         direction=direction,
-        sampler=optuna.samplers.TPESampler(seed=cfg.search.seed if seed is None else seed),
+        # constant_liar: trials running elsewhere count as bad guesses, so parallel workers spread out.
+        sampler=optuna.samplers.TPESampler(seed=cfg.search.seed if seed is None else seed, constant_liar=True),
         pruner=_pruner(cfg.search),
         load_if_exists=True,
     )
@@ -380,7 +381,10 @@ def join_study(
     or another search space.
     """
     started = time.perf_counter()
-    study = load_study(cfg, storage, trial_tracker)
+    # Workers on other machines start from the same config: seeded alike they would draw the
+    # same configurations, so each draws its own seed.
+    seed = int.from_bytes(os.urandom(4), "big")
+    study = load_study(cfg, storage, trial_tracker, seed=seed)
     record = claim_study(study, cfg, data.digest)
     if record.trials_target is None:
         raise StudyMismatch(
@@ -394,14 +398,14 @@ def join_study(
                 if cfg.search.workers == 1:
                     _optimize(study, trial_data(data, cfg.search), cfg, trial_tracker, record.trials_target, worker)
                 else:
-                    _optimize_in_workers(cfg, storage, trial_tracker, record.trials_target, worker)
+                    _optimize_in_workers(cfg, storage, trial_tracker, record.trials_target, worker, seed)
                 break
             except Exception as error:
                 if not (is_transient(error) or isinstance(error, UpdateFinishedTrialError)) or attempt == _REJOINS:
                     raise
                 log.warning("study storage: %s; rejoining in %d s", str(error).splitlines()[0], 2 * attempt)
                 time.sleep(2 * attempt)
-                study = load_study(cfg, storage, trial_tracker)
+                study = load_study(cfg, storage, trial_tracker, seed=seed)
     _fail_stale(study)
     counts = _counts(study)
     return WorkerResult(
@@ -419,7 +423,9 @@ def join_study(
 _REJOINS = 5  # about 30 s of waiting in all: a database restart, not an outage
 
 
-def load_study(cfg: PipelineConfig, storage: str, trial_tracker: TrialTracker | None = None) -> optuna.Study:
+def load_study(
+    cfg: PipelineConfig, storage: str, trial_tracker: TrialTracker | None = None, seed: int | None = None
+) -> optuna.Study:
     """The existing study ``cfg.search.study_name``. Raises StudyMismatch when there is none."""
     opened = _storage(storage, cfg.search.heartbeat_seconds, trial_tracker)
     if cfg.search.study_name not in optuna.get_all_study_names(storage=opened):
@@ -427,7 +433,7 @@ def load_study(cfg: PipelineConfig, storage: str, trial_tracker: TrialTracker | 
             f"no study '{cfg.search.study_name}' in {storage}: create it first with "
             f"`sentiment study create {flag('search.study_name')} {cfg.search.study_name} ...`"
         )
-    return create_study(cfg, opened, trial_tracker=trial_tracker)
+    return create_study(cfg, opened, seed=seed, trial_tracker=trial_tracker)
 
 
 def _trials_of(study: optuna.Study, worker: str) -> int:
@@ -563,13 +569,18 @@ def _optimize(
 
 
 def _optimize_in_workers(
-    cfg: PipelineConfig, storage: str, trial_tracker: TrialTracker | None, target: int, worker: str | None = None
+    cfg: PipelineConfig,
+    storage: str,
+    trial_tracker: TrialTracker | None,
+    target: int,
+    worker: str | None = None,
+    seed: int | None = None,
 ) -> None:
     """``search.workers`` processes, each running trials until the study reaches ``target``."""
     context = multiprocessing.get_context("spawn")  # TensorFlow does not survive fork
     pool = ProcessPoolExecutor(max_workers=cfg.search.workers, mp_context=context)
     futures = [
-        pool.submit(_worker, cfg, storage, index, target, trial_tracker, worker, optuna.logging.get_verbosity())
+        pool.submit(_worker, cfg, storage, index, target, trial_tracker, worker, seed, optuna.logging.get_verbosity())
         for index in range(cfg.search.workers)
     ]
     try:
@@ -614,6 +625,7 @@ def _worker(
     target: int,
     trial_tracker: TrialTracker | None,
     worker: str | None = None,
+    seed: int | None = None,
     verbosity: int = optuna.logging.INFO,
 ) -> None:
     """One search process: one thread for TensorFlow, prepared data from the cache; SIGINT and
@@ -624,7 +636,8 @@ def _worker(
     optuna.logging.set_verbosity(verbosity)  # as quiet as the parent
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    seed = None if cfg.search.seed is None else cfg.search.seed + index  # workers must not repeat trials
+    base = cfg.search.seed if seed is None else seed
+    seed = None if base is None else base + index  # workers must not repeat trials
     study = create_study(cfg, storage, seed=seed, trial_tracker=trial_tracker)
     _optimize(study, trial_data(prepare(cfg.data), cfg.search), cfg, trial_tracker, target, worker)
 

@@ -7,6 +7,7 @@ variables only (``MLFLOW_TRACKING_URI``, ``SENTIMENT_*``), on 200 reviews of the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -276,3 +277,91 @@ def test_two_registrations_finishing_together_leave_the_alias_on_the_better(race
         assert champion == decisions["good"].version  # last writer wins: what the lock prevents
     else:
         assert champion == decisions["best"].version
+
+
+# --- Prefect: the search fanned out over a process work pool ----------------------------------
+
+
+@pytest.fixture
+def prefect_pool(tmp_path):
+    """A Prefect server, the work pool ``search`` (a concurrency limit of 2), the search-worker
+    deployment of prefect.yaml and one ``prefect worker start``: what docs/scale-out.md sets up."""
+    import urllib.request
+
+    from services import free_port
+
+    from pipeline.config import PROJECT_ROOT
+
+    prefect = str(Path(sys.executable).parent / "prefect")
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+    }
+    started = []
+
+    def background(*args: str) -> None:
+        log = (tmp_path / f"{args[0]}.log").open("wb")
+        started.append(subprocess.Popen([prefect, *args], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=PROJECT_ROOT))
+
+    def run(*args: str) -> None:
+        done = subprocess.run([prefect, *args], env=env, capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    background("server", "start", "--host", "127.0.0.1", "--port", str(port))
+    try:
+
+        def healthy():
+            try:
+                with urllib.request.urlopen(f"{env['PREFECT_API_URL']}/health", timeout=2) as reply:
+                    return reply.status == 200
+            except OSError:
+                return False
+
+        wait_for(healthy, timeout=180, every=0.5)
+        run("work-pool", "create", "search", "--type", "process")
+        run("work-pool", "set-concurrency-limit", "search", "2")
+        run("--no-prompt", "deploy", "--name", "search-worker")
+        background("worker", "start", "--pool", "search")
+        yield env
+    finally:
+        for process in reversed(started):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_a_pipeline_run_fans_its_search_out_over_a_work_pool(prefect_pool, tmp_path, cache_dir):
+    env = prefect_pool | {
+        "SENTIMENT_TRACKING_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+        "SENTIMENT_DATA_PATH": str(SAMPLE_ARCHIVE),
+        "SENTIMENT_DATA_CACHE_DIR": str(cache_dir),
+        "SENTIMENT_DATA_LIMIT": "200",
+        "SENTIMENT_DATA_MAX_LEN": "120",
+        "SENTIMENT_DATA_VOCAB_SIZE": "1000",
+    }
+    done = sentiment(
+        env, "run", "--dispatch", "pool", "--workers", "2", "--trials", "3", "--search-epochs", "1",
+        "--epochs", "1", "--study-name", "pooled", "--json", timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert summary["registered_version"] == "1"
+
+    storage = f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}"
+    trials = optuna.load_study(study_name="pooled", storage=storage).trials
+    assert sum(t.state in FINISHED for t in trials) >= 3
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both deployment runs took part
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(env["SENTIMENT_TRACKING_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("imdb-sentiment")
+    trial_runs = client.search_runs([experiment.experiment_id], "tags.stage = 'trial'")
+    assert {r.data.tags["mlflow.parentRunId"] for r in trial_runs} == {summary["run_id"]}
+    assert not client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
