@@ -42,3 +42,7 @@ benchmark-scale-out: $(STAMP)  ## trials/hour with 1, 2, 4 workers on PostgreSQL
 IMAGE ?= imdb-sentiment:0.1.0
 image:  ## the project's image for Kubeflow (where a Docker engine runs): make image IMAGE=registry/imdb-sentiment:TAG
 	docker build -t $(IMAGE) .
+
+.PHONY: benchmark-growth
+benchmark-growth: $(STAMP)  ## pipeline wall time and peak RSS at 25/50/100% of the reviews; one epoch at max_len 200/300/500
+	$(VENV)/bin/python -m benchmarks.cost_growth $(ARGS)

@@ -148,7 +148,7 @@ def test_predict_proba_scores_in_input_order_as_if_each_review_were_alone(sample
     widths = bucket_widths(sample_data.train.lengths, 4, sample_data.max_len)
     buckets = assign_buckets(test.lengths, widths)
 
-    scores = predict_proba(tiny_model, test.x, test.lengths, widths, batch_size=16)
+    scores = predict_proba(tiny_model, test.x, test.lengths, widths)
 
     assert scores.shape == (40,)
     assert scores.std() > 0, "an untrained model still scores reviews differently"
@@ -161,13 +161,18 @@ def test_predict_proba_scores_in_input_order_as_if_each_review_were_alone(sample
     np.testing.assert_allclose(
         predict_proba(tiny_model, test.x[reverse], test.lengths[reverse], widths), scores[reverse], atol=1e-6
     )
+    # compiled by XLA, the scores are Keras' own (``model.predict`` at each review's width)
+    for i in range(0, 40, 7):
+        width = widths[buckets[i]]
+        expected = tiny_model.predict(test.x[[i], -width:], verbose=0)[0, 0]
+        assert scores[i] == pytest.approx(float(expected), abs=1e-6)
 
 
 class _WidthProbe:
     """A stand-in model whose score tells the width it was fed and the tokens it saw."""
 
     def predict_on_batch(self, x):
-        assert len(x) <= 7  # the batch size asked for below
+        assert len(x) in (1, 8, 64, 512)  # batches are padded to a few sizes: few XLA shapes
         return (x.shape[1] * 1_000_000 + x.sum(axis=1)).reshape(-1, 1)
 
 
@@ -175,7 +180,7 @@ def test_predict_proba_feeds_each_review_at_its_own_bucket_width(sample_data):
     test = sample_data.test
     widths = bucket_widths(sample_data.train.lengths, 4, sample_data.max_len)
 
-    scores = predict_proba(_WidthProbe(), test.x, test.lengths, widths, batch_size=7)
+    scores = predict_proba(_WidthProbe(), test.x, test.lengths, widths)
 
     expected = [
         _narrowest(widths, length) * 1_000_000 + row.sum()
