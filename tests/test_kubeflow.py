@@ -14,7 +14,7 @@ import yaml
 
 pytest.importorskip("kfp", reason="the [kubeflow] extra (pulled by [dev]) is not installed")
 
-from flows import kubeflow  # noqa: E402
+from flows import kubeflow, kubeflow_tasks  # noqa: E402
 from pipeline.config import PROJECT_ROOT, SAMPLE_ARCHIVE, build_config, fields  # noqa: E402
 
 TASKS = {"prepare", "create-study", "search-worker", "train-best", "evaluate", "register"}
@@ -136,7 +136,7 @@ def test_parameters_round_trip_as_kfp_hands_them_over():
             "tracking.model_name": "kfp-model",
         }
     )
-    arguments = kubeflow.pipeline_arguments(cfg)
+    arguments = kubeflow_tasks.pipeline_arguments(cfg)
     assert arguments == {
         "data_max_len": 300,
         "data_limit": "400",
@@ -145,17 +145,17 @@ def test_parameters_round_trip_as_kfp_hands_them_over():
         "train_jit_compile": "false",
         "tracking_model_name": "kfp-model",
     }
-    by_name = {p.name: p for p in kubeflow.parameters()}
+    by_name = {p.name: p for p in kubeflow_tasks.parameters()}
     as_text = {by_name[name].dotted: f"{value}.0" if isinstance(value, int) else value for name, value in arguments.items()}
-    assert kubeflow.config_from_parameters(as_text) == cfg
-    assert kubeflow.config_from_parameters({}).data.path == SAMPLE_ARCHIVE
+    assert kubeflow_tasks.config_from_parameters(as_text) == cfg
+    assert kubeflow_tasks.config_from_parameters({}).data.path == SAMPLE_ARCHIVE
 
 
 def test_a_bad_parameter_names_the_field():
     from pipeline.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"data\.max_len \(--max-len\)"):
-        kubeflow.config_from_parameters({"data.max_len": "0"})
+        kubeflow_tasks.config_from_parameters({"data.max_len": "0"})
 
 
 def test_cli_compiles_and_an_unreachable_kfp_api_is_one_line(tmp_path):
@@ -352,7 +352,7 @@ def test_with_the_kfp_mlflow_plugin_the_pipeline_nests_under_its_run(tmp_path, m
     task_run = client.create_run(experiment, tags={"mlflow.parentRunId": plugin_run}).info.run_id
     monkeypatch.setenv("MLFLOW_RUN_ID", task_run)
 
-    with kubeflow.parent_run(stores, cfg, sample_data, "run-123") as run_id:
+    with kubeflow_tasks.parent_run(stores, cfg, sample_data, "run-123") as run_id:
         assert run_id == plugin_run
     logged = client.get_run(plugin_run).data
     assert logged.tags["kfp_run_id"] == "run-123"
@@ -368,7 +368,7 @@ def test_without_the_plugin_the_pipeline_opens_its_own_parent_run(tmp_path, monk
 
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     cfg = _config(tmp_path)
-    with kubeflow.parent_run(resolve(cfg), cfg, sample_data, "run-123") as run_id:
+    with kubeflow_tasks.parent_run(resolve(cfg), cfg, sample_data, "run-123") as run_id:
         pass
     run = MlflowClient(cfg.tracking.tracking_uri).get_run(run_id)
     assert run.info.run_name == "kfp-run-123" and run.info.status == "FINISHED"
