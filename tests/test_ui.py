@@ -46,7 +46,7 @@ def make_store(root: Path) -> Store:
             "data.limit": 200,
             "data.max_len": 120,
             "data.vocab_size": 1500,
-            "search.trials": 4,
+            "search.trials": 6,  # enough for the median pruner to stop one (it did in every run seen)
             "search.epochs": 2,
             "search.cells": ("gru",),
             "search.study_name": "ui-test",
@@ -139,8 +139,33 @@ def close_assistant(driver) -> None:
 
 @pytest.fixture(scope="module")
 def ui_store(tmp_path_factory):
-    _chromium_or_skip()
     return make_store(tmp_path_factory.mktemp("ui-store"))
+
+
+def test_every_trial_logs_each_value_optuna_saw_the_pruned_one_included(ui_store):
+    """The pruner stops a trial on an epoch's value: that value is in MLflow too, at the same
+    epoch, and the run's epochs tag counts it (search.py runs the MLflow callback first)."""
+    import optuna
+
+    from pipeline.stores import resolve
+
+    stores = resolve(ui_store.cfg)
+    study = optuna.load_study(study_name="ui-test", storage=stores.study_storage)
+    client = stores.mlflow_client()
+    runs = {
+        int(run.data.tags["optuna_trial"]): run
+        for run in client.search_runs([ui_store.experiment_id], "tags.stage = 'trial'")
+    }
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned, "the tiny study pruned no trial: the check below would not cover pruning"
+    for trial in study.trials:
+        run = runs[trial.number]
+        logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_accuracy")}
+        reported = {epoch + 1: pytest.approx(value, abs=1e-6) for epoch, value in trial.intermediate_values.items()}
+        assert logged == reported, f"trial {trial.number}"
+        assert run.data.tags["epochs"] == str(len(reported))
+    for trial in pruned:
+        assert runs[trial.number].info.status == "KILLED" and runs[trial.number].data.tags["outcome"] == "pruned"
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +239,35 @@ def test_a_person_opening_the_ui_finds_the_runs_the_study_and_the_champion(drive
     assert "@champion" in version or "champion" in version
     for shot in ("runs_table.png", "study_view.png", "model_version.png"):
         assert (tmp_path / shot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sentiment_ui_prints_the_runs_table_link_and_stops_with_its_server(ui_store):
+    """`sentiment ui` on the project's store: the link answers, and SIGTERM leaves no server behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from pipeline import tracking
+
+    command = [sys.executable, "-m", "flows.cli", "ui", "--tracking-uri", ui_store.cfg.tracking.tracking_uri]
+    command += ["--experiment-name", ui_store.cfg.tracking.experiment_name]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any("/#/experiments/" in line for line in lines):
+            lines.append(process.stdout.readline())
+        link = next(line.strip() for line in lines if "/#/experiments/" in line)
+        base = link.split("/#/")[0]
+        assert link == tracking.experiment_link(base, ui_store.experiment_id)
+        assert base.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(f"{base}/health", timeout=10) as answer:
+            assert answer.status == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    time.sleep(1)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{base}/health", timeout=5)
