@@ -270,6 +270,12 @@ def projection(cases: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _overhead(ms: float) -> str:
+    if ms >= 0:
+        return f"; the remote stores' overhead is **{ms:.0f} ms per trial**.\n"
+    return f"; the remote stores cost **{-ms:.0f} ms per trial less** than the embedded SQLite here.\n"
+
+
 def markdown(results: dict[str, Any]) -> str:
     env, cases, paper = results["environment"], results["cases"], results["projection"]
     rows = [
@@ -304,17 +310,13 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(
             "A trial's store calls alone (replayed through the library without training, mean of 30 trials): "
             + "; ".join(f"{label[name]} {r['per_trial_ms']:.0f} ms" for name, r in replay.items())
-            + (
-                f"; the remote stores' overhead is **{results['remote_overhead_ms']:.0f} ms per trial**.\n"
-                if "remote_overhead_ms" in results
-                else ".\n"
-            )
+            + (_overhead(results["remote_overhead_ms"]) if "remote_overhead_ms" in results else ".\n")
         )
     if paper:
         caps = paper["caps_trials_per_hour"]
         lines.append(
             f"Paper projection, {MACHINES} machines like this one: {MACHINES} × {paper['machine_rate']:.0f} "
-            f"(this machine with {paper['machine_workers']} workers) = {caps['machines']:.0f} trials/hour; "
+            f"(this machine with {paper['machine_workers']} worker{'s' if paper['machine_workers'] > 1 else ''}) = {caps['machines']:.0f} trials/hour; "
             f"one database core serves {caps['database_core']:.0f} and one MLflow server process "
             f"{caps['mlflow_server_process']:.0f} at the measured cost per trial, so "
             f"**{paper['trials_per_hour']:.0f} trials/hour** (bound by {paper['bound_by'].replace('_', ' ')}). "
