@@ -9,6 +9,14 @@ import keras
 from keras import ops
 
 
+def bigram_ids(tokens, vocab_size: int, buckets: int):
+    """Each pair of adjacent token ids → a bucket in ``[1, buckets)``; 0 where a pair touches padding."""
+    first = ops.cast(tokens[:, :-1], "int64")
+    second = ops.cast(tokens[:, 1:], "int64")
+    ids = ops.mod(first * vocab_size + second, buckets - 1) + 1
+    return ops.where((first > 0) & (second > 0), ids, ops.zeros_like(ids))
+
+
 @keras.saving.register_keras_serializable(package="pipeline")
 class HashedBigrams(keras.layers.Layer):
     """Token ids (pre-padded with 0) → an id in ``[1, buckets)`` for each pair of adjacent tokens.
@@ -23,10 +31,7 @@ class HashedBigrams(keras.layers.Layer):
         self.buckets = buckets
 
     def call(self, tokens):
-        first = ops.cast(tokens[:, :-1], "int64")
-        second = ops.cast(tokens[:, 1:], "int64")
-        ids = ops.mod(first * self.vocab_size + second, self.buckets - 1) + 1
-        return ops.where((first > 0) & (second > 0), ids, ops.zeros_like(ids))
+        return bigram_ids(tokens, self.vocab_size, self.buckets)
 
     def compute_output_spec(self, tokens):
         return keras.KerasTensor((tokens.shape[0], None), dtype="int64")
@@ -61,10 +66,9 @@ class DistinctNgrams(keras.layers.Layer):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.buckets = buckets
-        self._bigrams = HashedBigrams(vocab_size, buckets)
 
     def call(self, tokens):
-        bigrams = self._bigrams(tokens)
+        bigrams = bigram_ids(tokens, self.vocab_size, self.buckets)
         bigrams = ops.where(bigrams > 0, bigrams + self.vocab_size, ops.zeros_like(bigrams))
         ids = ops.sort(ops.concatenate([ops.cast(tokens, "int64"), bigrams], axis=1), axis=1)
         repeat = ops.concatenate(
