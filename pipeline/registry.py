@@ -239,10 +239,12 @@ def _create_version(
     from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
     # The registry store resolves models:/<id> through MLflow's global tracking URI.
+    # A tracking server checks that the source belongs to ``model_id``: pass it, as register_model does.
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
     with _use_tracking_uri(stores.tracking_uri):
-        version = str(client.create_model_version(name, model_uri, run_id=run_id, tags=tags).version)
-    if model_uri.startswith("models:/m-"):
-        model_id = model_uri.removeprefix("models:/")
+        created = client.create_model_version(name, model_uri, run_id=run_id, tags=tags, model_id=model_id)
+    version = str(created.version)
+    if model_id is not None:
         listed = json.loads(client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS, "[]"))
         listed.append({"name": name, "version": version})
         client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(listed)})

@@ -304,36 +304,45 @@ class StudyInfo:
 def create_study(
     stores: Stores, cfg: PipelineConfig, data: PreparedData, parent_run_id: str | None = None
 ) -> StudyInfo:
-    """The study ``search.study_name`` for workers on any machine to join (``search_worker``):
-    its dataset digest, search space and study-wide target (``search.trials``) stored with it,
-    and the MLflow run its trials nest under: ``parent_run_id``, or a ``study-<name>`` run made
-    (and closed) here. An existing study is checked against this data and space and returned
-    as it is. Raises search.StudyMismatch when it differs."""
+    """The study ``search.study_name`` for workers on any machine to join (``search_worker``),
+    with its dataset digest, search space, target and the MLflow run its trials nest under.
+
+    Without ``parent_run_id`` (``sentiment study create``): the target is ``search.trials`` in
+    all, and a ``study-<name>`` run (closed at once) is the trials' parent; an existing study is
+    checked against this data and space and returned unchanged. With ``parent_run_id`` (a
+    pipeline run that fans its search out): the target is ``search.trials`` more than the study
+    has finished, and the trials nest under that run. Raises search.StudyMismatch when the study
+    was made for other data (first case) or another search space."""
     study = search.create_study(cfg, stores.study_storage)
     stored = search.StudyRecord.of(study)
-    if stored is not None and stored.trials_target is not None:
-        record = search.claim_study(study, cfg, data.digest)  # checks; the target stays
-        return StudyInfo(
-            study.study_name, record.parent_run_id, record.experiment_name, record.trials_target, record.data_digest, False
+    if parent_run_id is not None:
+        record = search.own_study(
+            study, cfg, data.digest, parent_run_id, experiment_name=cfg.tracking.experiment_name, parent_run_id=parent_run_id
         )
-    search.claim_study(study, cfg, data.digest)  # checks an older study's record, or writes one
-    if parent_run_id is None:
+        created = True
+    elif stored is not None and stored.trials_target is not None and stored.parent_run_id is not None:
+        record, created = search.claim_study(study, cfg, data.digest), False  # checks; the target stays
+    else:
+        search.claim_study(study, cfg, data.digest)  # checks an older study's record, or writes one
+        space = search.search_space(cfg)
         with pipeline_run(stores, cfg, data, run_name=f"study-{cfg.search.study_name}") as run:
             run.set_tags({"stage": "study"})
-        parent_run_id = run.run_id
-    record = search.StudyRecord(
-        data.digest, search.search_space(cfg), cfg.search.trials, cfg.tracking.experiment_name, parent_run_id
+            run.log_dict(space, "study/search_space.json")  # what every worker must match
+        record = search.StudyRecord(data.digest, space, cfg.search.trials, cfg.tracking.experiment_name, run.run_id)
+        record.write(study)
+        created = True
+    return StudyInfo(
+        study.study_name, record.parent_run_id, record.experiment_name, record.trials_target, record.data_digest, created
     )
-    record.write(study)
-    return StudyInfo(study.study_name, parent_run_id, record.experiment_name, cfg.search.trials, data.digest, True)
 
 
 def search_worker(stores: Stores, cfg: PipelineConfig, data: PreparedData) -> search.WorkerResult:
     """Join the study ``search.study_name`` until its target is met (``sentiment worker``, a
     Kubeflow search pod, a Prefect pool run); its trial runs nest under the study's parent run."""
     record = search.study_record(cfg, stores.study_storage)
+    experiment = record.experiment_name or cfg.tracking.experiment_name
     tracker = tracking.TrialTracker(
-        record.parent_run_id, stores, record.experiment_name or cfg.tracking.experiment_name, cfg.search.study_name
+        record.parent_run_id, stores, experiment, cfg.search.study_name, dataset_record(data)
     )
     return search.join_study(data, cfg, stores.study_storage, tracker)
 
