@@ -225,30 +225,17 @@ def schedule(
 @config_options("tracking")
 def ui(cfg, port: Annotated[int, typer.Option(min=0, help="port (0: a free one)")] = 0) -> None:
     """The MLflow UI on the project's store, on 127.0.0.1 (prints the URL; Ctrl-C stops it)."""
-    import tempfile
-
     from pipeline import ui as mlflow_ui
-    from pipeline.signals import raise_on_signals
     from pipeline.stores import resolve
 
-    raise_on_signals()  # SIGTERM too stops the UI's process group, not only Ctrl-C
     stores = resolve(cfg)
     if not stores.is_local:  # a tracking server serves its own UI
         typer.echo(stores.ui_url())
         return
-    log = Path(tempfile.mkdtemp(prefix="sentiment-ui-")) / "mlflow-ui.log"
     try:
-        running = mlflow_ui.start(stores, log, port=port or None)
+        mlflow_ui.serve_until_stopped(stores, cfg.tracking.experiment_name, typer.echo, port or None)
     except mlflow_ui.UiError as error:
         fail(str(error))
-    landing = mlflow_ui.landing_url(stores, running.url, cfg.tracking.experiment_name)
-    typer.echo(f"MLflow UI for {stores.tracking_uri} (Ctrl-C stops it; log: {log}):\n{landing}")
-    try:
-        running.process.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        running.stop()
 
 
 @app.command()

@@ -12,11 +12,15 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from pipeline.signals import raise_on_signals
 from pipeline.stores import Stores
 from pipeline.tracking import experiment_link
 
@@ -82,6 +86,24 @@ def start(stores: Stores, log: Path, host: str = "127.0.0.1", port: int | None =
             time.sleep(0.5)
     ui.stop()
     raise UiError(f"mlflow ui did not answer {url}/health within {timeout:.0f} s: {_tail(log)}")
+
+
+def serve_until_stopped(
+    stores: Stores, experiment_name: str, show: Callable[[str], Any], port: int | None = None
+) -> None:
+    """Start the UI, ``show`` the link to the experiment's runs table, and keep the UI until Ctrl-C
+    or SIGTERM; then stop its process group. Raises UiError when it does not start."""
+    raise_on_signals()  # SIGTERM too reaches the finally below, not only Ctrl-C
+    log = Path(tempfile.mkdtemp(prefix="sentiment-ui-")) / "mlflow-ui.log"
+    running = start(stores, log, port=port)
+    try:
+        show(f"MLflow UI for {stores.tracking_uri} (Ctrl-C stops it; log: {log}):")
+        show(landing_url(stores, running.url, experiment_name))
+        running.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        running.stop()
 
 
 def landing_url(stores: Stores, ui_url: str, experiment_name: str) -> str:
