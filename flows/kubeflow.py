@@ -82,7 +82,7 @@ def search_worker(config: dict, prepared: Input[Dataset], study: dict, worker: i
     from pipeline import data, stages
 
     cfg, stores = task_config(config)
-    cfg = worker_config(cfg, worker)
+    cfg = worker_config(cfg)
     return asdict(stages.search_worker(stores, cfg, data.load(prepared.path))) | {"worker": worker}
 
 

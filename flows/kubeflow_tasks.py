@@ -155,13 +155,10 @@ def task_config(config: Mapping[str, Any], stores: bool = True) -> tuple[Pipelin
     return cfg, preflight(cfg) if stores else None
 
 
-def worker_config(cfg: PipelineConfig, worker: int) -> PipelineConfig:
-    """Search pod ``worker``'s config: one trial at a time (the pods are the workers), its sampler
-    seeded apart from the other pods' (the seed is not part of the study's identity), so pods of
-    one study do not draw the same trials."""
-    seed = None if cfg.search.seed is None else cfg.search.seed + worker
-    search = cfg.search.model_copy(update={"seed": seed, "workers": 1})
-    return cfg.model_copy(update={"search": search})
+def worker_config(cfg: PipelineConfig) -> PipelineConfig:
+    """A search pod's config: one trial at a time, the pods being the workers (each
+    joining the study draws its own sampler seed: ``search.join_study``)."""
+    return cfg.model_copy(update={"search": cfg.search.model_copy(update={"workers": 1})})
 
 
 @contextmanager
