@@ -19,7 +19,8 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.options import config_options, fail, print_result
+from flows.cli_kubeflow import kubeflow_app
+from flows.options import TRAINING, Json, config_options, fail, print_result
 
 # Before Prefect is imported: its temporary local API can take >20 s to start on 2 busy cores.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -31,16 +32,9 @@ app = typer.Typer(
 )
 config_app = typer.Typer(no_args_is_help=True, help="The resolved configuration.")
 app.add_typer(config_app, name="config")
-kubeflow_app = typer.Typer(
-    no_args_is_help=True,
-    help="The same pipeline on Kubeflow Pipelines (needs the extra: pip install '.\\[kubeflow]').",
-)
 app.add_typer(kubeflow_app, name="kubeflow")
 study_app = typer.Typer(no_args_is_help=True, help="An Optuna study that workers on many machines join.")
 app.add_typer(study_app, name="study")
-TRAINING = ("data", "search", "train", "tracking")
-
-Json = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
 Reason = Annotated[str, typer.Option(help="why: recorded as a tag on the version")]
 Force = Annotated[bool, typer.Option(help="retrain even if the champion was trained on this data and config")]
 Preset = Annotated[
@@ -57,20 +51,6 @@ Output = Annotated[
 TextColumn = Annotated[str, typer.Option(help="column holding the review text")]
 BatchSize = Annotated[int, typer.Option(min=1, help="reviews scored at a time")]
 ShowProgress = Annotated[bool, typer.Option(help="progress bar on stderr")]
-Image = Annotated[
-    str | None,
-    typer.Option(help="the project's image every component runs in (`make image`; default: imdb-sentiment:0.1.0)"),
-]
-Workers = Annotated[int, typer.Option(min=1, max=8, help="search pods joining the study at once (search.workers)")]
-Secret = Annotated[
-    str | None,
-    typer.Option(
-        help="Kubernetes secret holding the stores, keys tracking-uri and study-storage "
-        "(default: imdb-sentiment-stores)"
-    ),
-]
-
-
 class Where(StrEnum):
     local = "local"
     pool = "pool"
@@ -308,62 +288,6 @@ def config_show(cfg, as_json: Json = False) -> None:
 
     tree = cfg.model_dump(mode="json")
     typer.echo(json.dumps(tree, indent=2) if as_json else yaml.safe_dump(tree, sort_keys=False))
-
-
-def _kubeflow():
-    """flows.kubeflow, or one line saying how to install it."""
-    try:
-        from flows import kubeflow
-    except ImportError as error:
-        fail(f"Kubeflow support is not installed ({error.name}): pip install '.[kubeflow]'")
-    return kubeflow
-
-
-@kubeflow_app.command("compile")
-def kubeflow_compile(
-    output: Annotated[Path, typer.Option("--output", "-o", help="where to write the pipeline YAML")] = Path(
-        "imdb_sentiment.yaml"
-    ),
-    image: Image = None,
-    workers: Workers = 2,
-    secret: Secret = None,
-) -> None:
-    """Compile the pipeline to YAML (upload it in the KFP UI): one parameter per config field."""
-    kubeflow = _kubeflow()
-    image, secret = image or kubeflow.DEFAULT_IMAGE, secret or kubeflow.DEFAULT_SECRET
-    path = kubeflow.compile_pipeline(output, image, workers, secret)
-    typer.echo(f"wrote {path} ({workers} search workers, image {image}, stores from secret {secret})")
-
-
-@kubeflow_app.command("submit")
-@config_options(*TRAINING)
-def kubeflow_submit(
-    cfg,
-    host: Annotated[str, typer.Option(help="the KFP API, e.g. https://kfp.example")],
-    experiment: Annotated[str, typer.Option(help="KFP experiment to run in")] = "imdb-sentiment",
-    run_name: Annotated[str | None, typer.Option(help="KFP run name (default: KFP's)")] = None,
-    image: Image = None,
-    secret: Secret = None,
-) -> None:
-    """Compile and start a KFP run with these settings, --workers search pods (the stores come
-    from the secret, never from options); prints the run's URL."""
-    kubeflow = _kubeflow()
-    image, secret = image or kubeflow.DEFAULT_IMAGE, secret or kubeflow.DEFAULT_SECRET
-    typer.echo(kubeflow.submit(cfg, host, experiment, image, secret, run_name))
-
-
-@kubeflow_app.command("run-local")
-@config_options(*TRAINING)
-def kubeflow_run_local(cfg, as_json: Json = False) -> None:
-    """Run the compiled pipeline on this machine with KFP's local runner (a subprocess per task,
-    --workers search workers, no cluster or Docker), against the stores these settings name."""
-    summary = _kubeflow().run_local(cfg)
-    if as_json:
-        print_result(summary, True)
-    else:
-        from pipeline.stages import RunSummary
-
-        print_result(RunSummary(**summary), False)
 
 
 if __name__ == "__main__":

@@ -296,6 +296,11 @@ def _known(error: BaseException) -> bool:
     return any(cls.__name__ in _KNOWN for cls in type(error).__mro__)
 
 
+# The config sections of the commands that train (run, search, train, worker, kubeflow …).
+TRAINING = ("data", "search", "train", "tracking")
+Json = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
+
+
 def print_result(result: Any, as_json: bool) -> None:
     if as_json or not hasattr(result, "to_text"):
         data = result.to_dict() if hasattr(result, "to_dict") else result
