@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from pipeline import registry, search, study_report, tracking
 from pipeline.batching import predict_proba
 from pipeline.blend import choose_blend
-from pipeline.config import ConfigError, HParams, PipelineConfig, run_params
+from pipeline.config import PROJECT_ROOT, ConfigError, HParams, PipelineConfig, run_params
 from pipeline.data import PreparedData
 from pipeline.evaluate import (
     THRESHOLD,
@@ -212,13 +212,32 @@ def pipeline_run(
     """The parent MLflow run every stage below logs to: the config (with the stores it resolved
     to) as dotted params, the dataset as the run's input. Parent runs of the same study left
     RUNNING by a killed process on this machine are closed KILLED first."""
-    params = cfg.flat_params() | {"tracking.tracking_uri": stores.tracking_uri}
+    params, places = _place_params(cfg.flat_params() | {"tracking.tracking_uri": stores.tracking_uri})
     study = {"optuna_study": cfg.search.study_name}
     tracking.close_dead_runs(stores, cfg.tracking.experiment_name, study)
     with tracking.pipeline_run(
-        stores, cfg.tracking.experiment_name, params, dataset_record(data), run_name, tags=study
+        stores, cfg.tracking.experiment_name, params, dataset_record(data), run_name, tags=study | places
     ) as run:
         yield run
+
+
+def _place_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Params that say where things live on this machine (absolute paths, store URIs) are no
+    hyperparameters to compare runs by: their full values go to ``where.…`` tags, and a path
+    inside the project stays a param, relative to it (``pipeline/sample/…``)."""
+    kept, places = {}, {}
+    for key, value in params.items():
+        if key not in _PLACES:
+            kept[key] = value
+        elif value is not None:
+            places[f"where.{key}"] = str(value)
+            if key in _PATHS and Path(value).is_relative_to(PROJECT_ROOT):
+                kept[key] = str(Path(value).relative_to(PROJECT_ROOT))
+    return kept, places
+
+
+_PATHS = ("data.path", "data.cache_dir")
+_PLACES = (*_PATHS, "tracking.tracking_uri", "search.storage")
 
 
 def record_skipped_run(
