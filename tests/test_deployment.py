@@ -204,7 +204,7 @@ def test_triggered_run_trains_and_registers_then_unchanged_rerun_is_skipped(serv
         client, runs = _mlflow(tracking_uri)
         assert [run.info.status for run in runs] == ["FINISHED"]
         champion = client.get_model_version_by_alias(MODEL, "champion")
-        assert champion.tags["run_id"] == runs[0].info.run_id
+        assert champion.run_id == runs[0].info.run_id
 
         second = _trigger(log)
         assert "| Outcome | skipped |" in _markdown(second.id)
