@@ -29,7 +29,7 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -329,16 +329,37 @@ def run_local(cfg: PipelineConfig, root: Path | None = None) -> dict:
     Python (no Docker, no cluster): the stores ``cfg`` resolves to are handed to the tasks through
     the environment, as the secret hands them over on a cluster. Returns the register task's
     summary; raises RuntimeError naming the failed task."""
-    from kfp import local
 
     from pipeline.stores import preflight
 
     stores = preflight(cfg)
-    os.environ["MLFLOW_TRACKING_URI"] = stores.tracking_uri
-    os.environ["SENTIMENT_SEARCH_STORAGE"] = stores.study_storage
     # The tasks run `python3 -m kfp.dsl.executor_main`: this interpreter's, with the project on it.
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    root = root or PROJECT_ROOT / ".cache" / "kfp-local"
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    with _environment(
+        MLFLOW_TRACKING_URI=stores.tracking_uri, SENTIMENT_SEARCH_STORAGE=stores.study_storage, PATH=path
+    ):
+        return _run_locally(cfg, root or PROJECT_ROOT / ".cache" / "kfp-local")
+
+
+@contextlib.contextmanager
+def _environment(**variables: str) -> Iterator[None]:
+    """``variables`` in this process's environment (the local runner's tasks inherit it) for the
+    block, then put back as they were."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _run_locally(cfg: PipelineConfig, root: Path) -> dict:
+    from kfp import local
+
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     # KFP's local runner writes every task's log to stdout: send it to stderr, so stdout holds the
     # result alone (`--json`); and hush its notes on what a cluster does (the image, resources).

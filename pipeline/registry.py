@@ -35,7 +35,7 @@ from scipy.stats import binomtest
 from pipeline.config import HParams, PipelineConfig, TrackingConfig
 from pipeline.evaluate import THRESHOLD
 from pipeline.predict import scorer_for
-from pipeline.stores import Stores
+from pipeline.stores import Stores, mlflow_global_uri
 from pipeline.tracking import param_value
 
 log = logging.getLogger(__name__)
@@ -235,13 +235,12 @@ def _create_version(
     tag ``mlflow.register_model`` writes): the UI links both ways."""
     import json
 
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
     from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
     # The registry store resolves models:/<id> through MLflow's global tracking URI.
     # A tracking server checks that the source belongs to ``model_id``: pass it, as register_model does.
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
-    with _use_tracking_uri(stores.tracking_uri):
+    with mlflow_global_uri(stores.tracking_uri):
         created = client.create_model_version(name, model_uri, run_id=run_id, tags=tags, model_id=model_id)
     version = str(created.version)
     if model_id is not None:

@@ -367,7 +367,10 @@ def run_search(
         else:
             _optimize_in_workers(cfg, storage, trial_tracker, target)
     _fail_stale(study)
-    return _result(study, time.perf_counter() - started)  # reads the storage: workers' trials too
+    try:
+        return _result(study, time.perf_counter() - started)  # reads the storage: workers' trials too
+    finally:
+        _close(study)
 
 
 def join_study(
@@ -405,12 +408,14 @@ def join_study(
                     raise
                 log.warning("study storage: %s; rejoining in %d s", str(error).splitlines()[0], 2 * attempt)
                 time.sleep(2 * attempt)
+                _close(study)
                 study = load_study(cfg, storage, trial_tracker, seed=seed)
     _fail_stale(study)
-    counts = _counts(study)
+    counts, trials_run = _counts(study), _trials_of(study, worker)
+    _close(study)
     return WorkerResult(
         study_name=study.study_name,
-        trials_run=_trials_of(study, worker),
+        trials_run=trials_run,
         target=record.trials_target,
         finished=counts[TrialState.COMPLETE] + counts[TrialState.PRUNED],
         complete=counts[TrialState.COMPLETE],
@@ -647,6 +652,7 @@ def study_record(cfg: PipelineConfig, storage: str) -> StudyRecord:
     study is missing or was not made by ``sentiment study create`` (no target)."""
     study = load_study(cfg, storage)
     record = StudyRecord.of(study)
+    _close(study)
     if record is None or record.trials_target is None or record.parent_run_id is None:
         raise StudyMismatch(
             f"study '{study.study_name}' has no trial target: it was not made by `sentiment study create`"
@@ -657,11 +663,22 @@ def study_record(cfg: PipelineConfig, storage: str) -> StudyRecord:
 def study_best(study_name: str, storage: str) -> SearchResult:
     """The study's best trial and trial counts. Raises SearchError when the study is missing or
     has no completed trial."""
+    opened = optuna.storages.RDBStorage(storage, engine_kwargs=database_pool(storage))
     try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
+        return _result(optuna.load_study(study_name=study_name, storage=opened), 0.0)
     except KeyError:
         raise SearchError(f"no study '{study_name}' in {storage}") from None
-    return _result(study, 0.0)
+    finally:
+        opened.engine.dispose()
+
+
+def _close(study: optuna.Study) -> None:
+    """Give a study's database connections back now, not when the garbage collector gets to them:
+    each engine holds its pool open, and a database has a connection budget (docs/scale-out.md)."""
+    backend = getattr(study._storage, "_backend", study._storage)  # Optuna wraps RDBStorage in a cache
+    engine = getattr(backend, "engine", None)
+    if engine is not None:
+        engine.dispose()
 
 
 def best_hparams(study_name: str, storage: str) -> HParams:

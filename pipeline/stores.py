@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -157,6 +158,33 @@ def _file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_GLOBAL_URI_LOCK = threading.Lock()
+
+
+@contextmanager
+def mlflow_global_uri(uri: str) -> Iterator[None]:
+    """MLflow's process-global tracking URI set to ``uri`` for the block, for the few MLflow APIs
+    that read nothing else (``Model.log``, resolving a ``models:/<id>`` registry source).
+
+    MLflow's own ``_use_tracking_uri`` is not safe here: it also writes ``MLFLOW_TRACKING_URI``
+    into the environment and, leaving, unsets it even when the user had set it, and two threads
+    (Prefect tasks) interleaving leave the other's URI behind for the rest of the process. So
+    blocks take turns, and the global and the variable are put back exactly as they were."""
+    from mlflow.tracking._tracking_service import utils
+
+    with _GLOBAL_URI_LOCK:
+        saved_uri, saved_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+        utils.set_tracking_uri(uri)
+        try:
+            yield
+        finally:
+            utils.set_tracking_uri(saved_uri)
+            if saved_env is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
 @contextmanager

@@ -27,7 +27,7 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
 from pipeline.liveness import here, is_gone
-from pipeline.stores import Stores
+from pipeline.stores import Stores, mlflow_global_uri
 
 # MLflow 3.17's UI picks an experiment's layout from this tag: without it a new experiment opens on
 # the GenAI overview (traces, tokens); this value opens it on the runs table of model training.
@@ -111,7 +111,6 @@ class RunHandle:
         the run's step-0 metrics, the test metrics among them); returns its ``models:/<id>`` URI."""
         import mlflow.pyfunc
         from mlflow.models import Model
-        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
         # ``mlflow.pyfunc.log_model`` takes no run id (it wants the thread's active run, and
         # resuming this one would end it): ``Model.log`` under it does, given the pyfunc flavor.
@@ -122,7 +121,7 @@ class RunHandle:
         model = self.client.create_logged_model(
             self.experiment_id, name=name, source_run_id=self.run_id, params=params, model_type="pyfunc"
         )
-        with _use_tracking_uri(self.stores.tracking_uri):
+        with mlflow_global_uri(self.stores.tracking_uri):
             info = Model.log(
                 artifact_path=None,
                 name=name,

@@ -72,8 +72,16 @@ def create(env: dict[str, str], study: str, trials: int) -> dict:
     return json.loads(done.stdout)
 
 
+_STORAGES: dict[str, optuna.storages.RDBStorage] = {}
+
+
 def trials_of(env: dict[str, str], study: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=study, storage=env["SENTIMENT_SEARCH_STORAGE"]).get_trials(deepcopy=False)
+    """The study's trials, read through one small pool per database: polled ten times a second,
+    a new engine per read would hold PostgreSQL's 100 connections within a minute."""
+    url = env["SENTIMENT_SEARCH_STORAGE"]
+    if url not in _STORAGES:
+        _STORAGES[url] = optuna.storages.RDBStorage(url, engine_kwargs={"pool_size": 1, "max_overflow": 1, "pool_pre_ping": True})
+    return optuna.load_study(study_name=study, storage=_STORAGES[url]).get_trials(deepcopy=False)
 
 
 def runs_of(env: dict[str, str], study: str):
