@@ -210,14 +210,16 @@ def pipeline_run(
     stores: Stores, cfg: PipelineConfig, data: PreparedData, run_name: str | None = None
 ) -> Iterator[tracking.RunHandle]:
     """The parent MLflow run every stage below logs to: the config (with the stores it resolved
-    to) as dotted params, the dataset as the run's input. Parent runs of the same study left
-    RUNNING by a killed process on this machine are closed KILLED first."""
+    to) as dotted params, the dataset as the run's input, beating a heartbeat. Parent runs of the
+    same study left RUNNING by a killed process (on this machine, or silent for three beats on
+    another) are closed KILLED first."""
     params, places = _place_params(cfg.flat_params() | {"tracking.tracking_uri": stores.tracking_uri})
     study = {"optuna_study": cfg.search.study_name}
-    tracking.close_dead_runs(stores, cfg.tracking.experiment_name, study)
+    beat = cfg.search.heartbeat_seconds  # as the study's trials: three silent beats mean dead
+    tracking.close_dead_runs(stores, cfg.tracking.experiment_name, study, silent_for=3 * beat)
     with tracking.pipeline_run(
         stores, cfg.tracking.experiment_name, params, dataset_record(data), run_name, tags=study | places
-    ) as run:
+    ) as run, tracking.heartbeat(run, beat):
         yield run
 
 

@@ -13,9 +13,10 @@ import functools
 import json
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -315,10 +316,13 @@ def pipeline_run(
         yield run
 
 
-def close_dead_runs(stores: Stores, experiment_name: str, tags: Mapping[str, str]) -> list[str]:
-    """Close as KILLED the RUNNING runs carrying ``tags`` whose process on this machine is gone
-    (a pipeline killed with SIGKILL cannot close its own run); their ids. Runs of live processes
-    and of other machines are left alone."""
+def close_dead_runs(
+    stores: Stores, experiment_name: str, tags: Mapping[str, str], silent_for: float | None = None
+) -> list[str]:
+    """Close as KILLED the RUNNING runs carrying ``tags`` whose process is gone (a pipeline
+    killed with SIGKILL cannot close its own run); their ids. On this machine the process id
+    tells at once; a run of another machine is closed when its ``heartbeat`` tag (``heartbeat``)
+    is older than ``silent_for`` seconds. Live runs are left alone."""
     client = stores.mlflow_client()
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
@@ -326,12 +330,47 @@ def close_dead_runs(stores: Stores, experiment_name: str, tags: Mapping[str, str
     query = " and ".join([*(f"tags.{k} = '{v}'" for k, v in tags.items()), "attributes.status = 'RUNNING'"])
     closed = []
     for found in client.search_runs([experiment.experiment_id], query):
-        owner = {key.removeprefix("owner_"): value for key, value in found.data.tags.items() if key.startswith("owner_")}
+        run_tags = found.data.tags
+        owner = {key.removeprefix("owner_"): value for key, value in run_tags.items() if key.startswith("owner_")}
+        beat = float(run_tags.get(HEARTBEAT_TAG, "inf"))
         if is_gone(owner):
-            run = RunHandle(client, found.info.run_id, experiment.experiment_id, stores)
-            run.kill({"outcome": "killed", "failure_reason": f"its process ({owner.get('pid')}) is gone (killed)"})
-            closed.append(found.info.run_id)
+            reason = f"its process ({owner.get('pid')}) is gone (killed)"
+        elif silent_for is not None and time.time() - beat > silent_for:
+            reason = f"no heartbeat from {owner.get('host', 'its machine')} for over {silent_for:.0f} s (killed or lost)"
+        else:
+            continue
+        RunHandle(client, found.info.run_id, experiment.experiment_id, stores).kill(
+            {"outcome": "killed", "failure_reason": reason}
+        )
+        closed.append(found.info.run_id)
     return closed
+
+
+HEARTBEAT_TAG = "heartbeat"
+
+
+@contextmanager
+def heartbeat(run: RunHandle, every: float) -> Iterator[None]:
+    """While the block runs, the run's ``heartbeat`` tag holds the time, renewed every ``every``
+    seconds: how a process on another machine tells a live run from a killed one."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        with suppress(Exception):  # a missed beat is no error; three in a row make the run look dead
+            run.set_tags({HEARTBEAT_TAG: f"{time.time():.0f}"})
+
+    def keep_beating() -> None:
+        while not stop.wait(every):
+            beat()
+
+    beat()  # from the start: a run is never without one
+    beating = threading.Thread(target=keep_beating, name="run-heartbeat", daemon=True)
+    beating.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beating.join(timeout=5)
 
 
 @contextmanager

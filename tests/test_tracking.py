@@ -155,3 +155,36 @@ def test_runs_record_their_source_and_git_commit(stores):
     tags = _run(stores, run.run_id).data.tags
     assert tags["mlflow.source.name"] and tags["mlflow.source.type"] == "LOCAL"
     assert len(tags.get("mlflow.source.git.commit", "")) == 40  # the tests run inside the repository
+
+
+def test_a_killed_pipelines_run_is_closed_by_the_next_run_on_any_machine(stores):
+    """A parent run left RUNNING by a killed process: closed at once when the process was on this
+    machine; when it was on another, once its heartbeat is older than three beats."""
+    import time
+
+    study = {"optuna_study": "s"}
+    left = {}
+    for name, owner, last_beat in (
+        ("here-killed", {"host": tracking.here()["host"], "pid": "999999999", "pid_started": "1"}, time.time()),
+        ("there-silent", {"host": "another-machine", "pid": "1", "pid_started": "1"}, time.time() - 400),
+        ("there-alive", {"host": "another-machine", "pid": "1", "pid_started": "1"}, time.time() - 30),
+    ):
+        tags = {"stage": "pipeline", **study, **{f"owner_{k}": v for k, v in owner.items()}}
+        run = stores.mlflow_client().create_run(tracking.experiment_id(stores.mlflow_client(), stores, "exp"), tags=tags)
+        stores.mlflow_client().set_tag(run.info.run_id, tracking.HEARTBEAT_TAG, f"{last_beat:.0f}")
+        left[name] = run.info.run_id
+
+    closed = tracking.close_dead_runs(stores, "exp", study, silent_for=180)
+
+    assert sorted(closed) == sorted([left["here-killed"], left["there-silent"]])
+    assert _run(stores, left["there-silent"]).data.tags["failure_reason"].startswith("no heartbeat from another-machine")
+    assert _run(stores, left["there-alive"]).info.status == "RUNNING"
+
+
+def test_a_pipeline_run_beats_its_heartbeat_while_it_runs(stores):
+    import time
+
+    with tracking.pipeline_run(stores, "exp", {}, DATASET) as run, tracking.heartbeat(run, every=0.2):
+        first = float(_run(stores, run.run_id).data.tags[tracking.HEARTBEAT_TAG])
+        time.sleep(1.5)
+        assert float(_run(stores, run.run_id).data.tags[tracking.HEARTBEAT_TAG]) > first
