@@ -178,8 +178,10 @@ def test_registry_consumer_scores_raw_text_with_public_api_only(first_run):
     assert version.tags["dataset_digest"] and "- cell: gru" in version.description
     assert "## Validation" in version.description and "- val_accuracy: " in version.description
 
-    mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
-    model = mlflow.pyfunc.load_model("models:/flow-test-model@champion")
+    from pipeline.stores import mlflow_global_uri
+
+    with mlflow_global_uri(cfg.tracking.tracking_uri):  # as a consumer's set_tracking_uri, undone after
+        model = mlflow.pyfunc.load_model("models:/flow-test-model@champion")
     assert model.metadata.signature is not None
     assert model.metadata.saved_input_example_info is not None
     reviews = [

@@ -123,9 +123,10 @@ def test_compiling_twice_gives_the_same_bytes(tmp_path):
     assert first.read_bytes() != second.read_bytes()
 
 
-def test_parameters_round_trip_as_kfp_hands_them_over():
+def test_parameters_round_trip_as_kfp_hands_them_over(monkeypatch):
     """A run's arguments, as text the way KFP's local runner passes them (``300.0``), give back
     the same config; an untouched parameter keeps the config's default where the task runs."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the task's stores come from its env
     cfg = build_config(
         {
             "data.max_len": 300,
