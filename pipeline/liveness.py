@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import psutil
@@ -30,3 +32,22 @@ def is_gone(owner: Mapping[str, Any]) -> bool:
     except psutil.NoSuchProcess:
         return True
     return abs(started - float(owner.get("pid_started") or 0.0)) > 1.0
+
+
+@contextmanager
+def repeating(action: Callable[[], None], every: float, name: str, join_timeout: float | None = None) -> Iterator[None]:
+    """``action()`` every ``every`` seconds on a daemon thread while the block runs (a heartbeat,
+    a progress line); the thread is stopped and joined when the block ends."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every):
+            action()
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=join_timeout)

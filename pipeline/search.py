@@ -21,7 +21,6 @@ import logging
 import multiprocessing
 import os
 import socket
-import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -42,7 +41,7 @@ from optuna_integration import KerasPruningCallback
 
 from pipeline.config import ConfigError, HParams, PipelineConfig, SearchConfig, flag, run_params
 from pipeline.data import PreparedData, Split, prepare
-from pipeline.liveness import here, is_gone
+from pipeline.liveness import here, is_gone, repeating
 from pipeline.progress import Progress
 from pipeline.signals import raise_on_signals
 from pipeline.stores import database_pool, is_transient
@@ -482,7 +481,6 @@ def _watch(study: optuna.Study, target: int, every: float = 1.0) -> Iterator[Non
     """Show trials done / target and the best value so far while the search runs, read from the
     study itself, so trials in worker processes (and other machines) count too."""
     first = len(study.get_trials(deepcopy=False))
-    stop = threading.Event()
     progress = Progress("search", target, "trial")
 
     def show() -> None:
@@ -497,17 +495,10 @@ def _watch(study: optuna.Study, target: int, every: float = 1.0) -> Iterator[Non
         counts = {name: sum(t.state == state for t in finished) for name, state in _SHOWN.items()}
         progress.update(sum(t.state in FINISHED for t in finished), numbers | counts)
 
-    def poll() -> None:
-        while not stop.wait(every):
-            show()
-
-    watcher = threading.Thread(target=poll, name="search-progress", daemon=True)
-    watcher.start()
     try:
-        yield
+        with repeating(show, every, "search-progress"):
+            yield
     finally:
-        stop.set()
-        watcher.join()
         show()
         progress.close()
 

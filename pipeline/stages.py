@@ -344,8 +344,8 @@ def create_study(
     elif stored is not None and stored.trials_target is not None and stored.parent_run_id is not None:
         record, created = search.claim_study(study, cfg, data.digest), False  # checks; the target stays
     else:
-        search.claim_study(study, cfg, data.digest)  # checks an older study's record, or writes one
-        space = search.search_space(cfg)
+        # Checks an older study's record, or writes one; either way, the space this config draws from.
+        space = search.claim_study(study, cfg, data.digest).search_space
         with pipeline_run(stores, cfg, data, run_name=f"study-{cfg.search.study_name}") as run:
             run.set_tags({"stage": "study"})
             run.log_dict(space, "study/search_space.json")  # what every worker must match

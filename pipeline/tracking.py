@@ -13,7 +13,6 @@ import functools
 import json
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, suppress
@@ -27,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
-from pipeline.liveness import here, is_gone
+from pipeline.liveness import here, is_gone, repeating
 from pipeline.stores import Stores, mlflow_global_uri
 
 # MLflow 3.17's UI picks an experiment's layout from this tag: without it a new experiment opens on
@@ -353,24 +352,14 @@ HEARTBEAT_TAG = "heartbeat"
 def heartbeat(run: RunHandle, every: float) -> Iterator[None]:
     """While the block runs, the run's ``heartbeat`` tag holds the time, renewed every ``every``
     seconds: how a process on another machine tells a live run from a killed one."""
-    stop = threading.Event()
 
     def beat() -> None:
         with suppress(Exception):  # a missed beat is no error; three in a row make the run look dead
             run.set_tags({HEARTBEAT_TAG: f"{time.time():.0f}"})
 
-    def keep_beating() -> None:
-        while not stop.wait(every):
-            beat()
-
     beat()  # from the start: a run is never without one
-    beating = threading.Thread(target=keep_beating, name="run-heartbeat", daemon=True)
-    beating.start()
-    try:
+    with repeating(beat, every, "run-heartbeat", join_timeout=5):
         yield
-    finally:
-        stop.set()
-        beating.join(timeout=5)
 
 
 @contextmanager
