@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.batching import scoring_pool, scoring_threads
 from pipeline.config import DataConfig
 
 log = logging.getLogger(__name__)
@@ -207,6 +208,7 @@ def standardize(texts):  # tf.Tensor of strings → tf.Tensor of strings
     return tf.strings.regex_replace(texts, _PUNCTUATION, " ")
 
 
+_PARALLEL_ENCODE_MIN = 1024  # reviews from which the TensorFlow path is split across scoring threads
 _PYTHON_ENCODE_MAX = 64  # reviews per call up to which the plain-Python encoder is the faster
 
 # TensorFlow's lower() changes ASCII letters only, RE2's \\s is [\\t\\n\\f\\r ], and its whitespace
@@ -270,12 +272,21 @@ class Encoder:
 
     def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(n, max_len) int32 ids and the (n,) number of real tokens kept."""
-        import keras
-
         if self._ids is not None and len(texts) <= _PYTHON_ENCODE_MAX:
             return self._encode_in_python(texts)
         if not len(texts):
             return np.zeros((0, self.max_len), np.int32), np.zeros(0, np.int32)
+        threads = scoring_threads()
+        if threads > 1 and len(texts) >= _PARALLEL_ENCODE_MIN:
+            # TensorFlow's string ops run one review after another on one core: split the reviews.
+            step = -(-len(texts) // threads)
+            parts = list(scoring_pool().map(self._encode_in_bulk, [texts[i : i + step] for i in range(0, len(texts), step)]))
+            return np.concatenate([x for x, _ in parts]), np.concatenate([lengths for _, lengths in parts])
+        return self._encode_in_bulk(texts)
+
+    def _encode_in_bulk(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        import keras
+
         ragged = self._vectorizer(np.asarray(list(texts), dtype=object))
         lengths = np.minimum(ragged.row_lengths().numpy(), self.max_len).astype(np.int32)
         x = keras.utils.pad_sequences(

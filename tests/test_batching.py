@@ -10,6 +10,7 @@ import pytest
 from pipeline.batching import (
     assign_buckets,
     bucket_widths,
+    chunk_sizes,
     epoch_batches,
     evaluation_dataset,
     padding_share,
@@ -187,3 +188,33 @@ def test_predict_proba_feeds_each_review_at_its_own_bucket_width(sample_data):
         for row, length in zip(test.x, test.lengths, strict=True)
     ]
     np.testing.assert_array_equal(scores, expected)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 7, 9, 63, 65, 125, 300, 511, 513, 1000, 5000])
+def test_scoring_calls_cover_every_row_with_less_padding_than_rows(rows):
+    sizes = chunk_sizes(rows)
+
+    assert set(sizes) <= {1, 8, 64, 512}, "few shapes: XLA compiles each (rows, width) once"
+    assert rows <= sum(sizes) < 2 * rows
+    assert sum(sizes) - sizes[-1] < rows, "only the last call holds padding rows"
+
+
+def test_a_bucket_of_125_reviews_is_two_calls_of_64_not_one_of_512():
+    assert chunk_sizes(125) == [64, 64]
+
+
+def test_scores_computed_on_several_threads_equal_one_call_per_review(sample_data, tiny_model, monkeypatch):
+    """Many calls (here ~30) run on the scoring threads; each review's score is still its own."""
+    from pipeline import batching
+
+    test = sample_data.test
+    widths = bucket_widths(sample_data.train.lengths, 4, sample_data.max_len)
+    monkeypatch.setattr(batching, "scoring_threads", lambda: 2)
+    threaded = predict_proba(tiny_model, test.x, test.lengths, widths)
+    monkeypatch.setattr(batching, "scoring_threads", lambda: 1)
+    one_thread = predict_proba(tiny_model, test.x, test.lengths, widths)
+
+    np.testing.assert_allclose(threaded, one_thread, atol=1e-6)
+    for i in range(0, len(test), 97):
+        alone = predict_proba(tiny_model, test.x[[i]], test.lengths[[i]], widths)
+        assert alone[0] == pytest.approx(threaded[i], abs=1e-6)

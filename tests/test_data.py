@@ -369,3 +369,21 @@ def test_the_plain_python_encoder_gives_the_tensorflow_encoders_ids(sample_data)
 
     np.testing.assert_array_equal(np.concatenate([ids for ids, _ in in_python]), x)
     np.testing.assert_array_equal(np.concatenate([n for _, n in in_python]), lengths)
+
+
+def test_many_reviews_split_across_threads_encode_as_in_one_call(sample_data, monkeypatch):
+    """From ``_PARALLEL_ENCODE_MIN`` reviews the TensorFlow encoder runs in parts on the scoring
+    threads; the parts come back in order."""
+    from pipeline import data
+    from pipeline.config import SAMPLE_ARCHIVE
+
+    texts = read_reviews(SAMPLE_ARCHIVE).train.texts
+    monkeypatch.setattr(data, "_PARALLEL_ENCODE_MIN", 100)
+    monkeypatch.setattr(data, "scoring_threads", lambda: 3)
+    encode = Encoder(sample_data.vocabulary, max_len=400)
+    x, lengths = encode(texts)
+
+    assert len(texts) > 200
+    expected_x, expected_lengths = encode._encode_in_bulk(texts)
+    np.testing.assert_array_equal(x, expected_x)
+    np.testing.assert_array_equal(lengths, expected_lengths)
