@@ -4,7 +4,10 @@ epoch at max_len 200 / 300 / 500, with wall time, peak memory (RSS) and the fitt
     python -m benchmarks.cost_growth              # the full archive (about an hour on 2 cores)
     python -m benchmarks.cost_growth --quick      # a 4,000-review subset, minutes
 
-Each point runs in a fresh interpreter; its peak RSS counts the search's worker processes.
+The full-data point runs ``--repeats`` times (default 3: the champion's accuracy spread), and the
+scikit-learn linear baselines (``linear_baseline``) are fitted on the same splits in the same
+invocation, so the champion is compared with what a user would pick instead. Each point runs in
+a fresh interpreter; its peak RSS counts the search's worker processes.
 ``data.limit`` draws the fraction (it caps the test split the same way, so evaluation shrinks
 with it). Growth is the exponent ``b`` of ``time ∝ size^b`` fitted on the points (1: linear).
 Writes ``benchmarks/results/cost_growth[-quick].json`` and ``.md``.
@@ -13,14 +16,15 @@ Writes ``benchmarks/results/cost_growth[-quick].json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.environment import environment, versions_line
+from benchmarks.environment import environment, versions_line, write_results
+from benchmarks.linear_baseline import linear_baselines
 from benchmarks.notebook_vs_pipeline import (
     DEFAULT_ARCHIVE,
     FULL_PROFILE,
@@ -40,9 +44,14 @@ TRAIN_REVIEWS = 25_000  # aclImdb's training split
 EPOCH_HPARAMS = {"cell": "gru", "units": 32, "layers": 2, "embedding_dim": 32, "learning_rate": 0.005}
 
 
-def pipeline_point(profile: dict[str, Any], data_path: Path) -> dict[str, Any]:
-    result = pipeline_run(profile, data_path)
-    return {k: result[k] for k in ("wall_seconds", "peak_rss_mb", "test_accuracy", "model_kind")}
+def pipeline_point(profile: dict[str, Any], data_path: Path, keep_model: Path | None = None) -> dict[str, Any]:
+    result = pipeline_run(profile, data_path, keep_model=keep_model)
+    keys = (
+        "wall_seconds", "peak_rss_mb", "test_accuracy", "model_kind", "member_test_accuracy",
+        "val_accuracy", "blend_weight_rnn", "best_hparams", "search_seconds", "trials_complete",
+        "trials_pruned", "trials_failed",
+    )  # fmt: skip
+    return {k: result[k] for k in keys}
 
 
 def epoch_point(data_options: dict[str, Any], max_len: int) -> dict[str, Any]:
@@ -101,7 +110,43 @@ def markdown(results: dict[str, Any]) -> str:
         + "\n".join(rows)
         + f"\n\nFitted growth (time ∝ size^b): whole pipeline b = {fit['pipeline_reviews']:.2f} in the "
         f"training reviews, one epoch b = {fit['epoch_max_len']:.2f} in max_len (1 is linear). Largest RSS: "
-        f"{fit['max_rss_mb']:,.0f} MB.\nVersions: {versions_line(env)}.\n"
+        f"{fit['max_rss_mb']:,.0f} MB.\n\n"
+        + full_runs_markdown(results)
+        + f"\nVersions: {versions_line(env)}.\n"
+    )
+
+
+def full_runs_markdown(results: dict[str, Any]) -> str:
+    """Every run on all the training reviews (accuracy spread), each part of the champion, and the
+    scikit-learn baselines fitted on the same splits in the same invocation."""
+    full = [p for p in results["pipeline"] if p["fraction"] == 1.0]
+    rows = [
+        "| run | champion test accuracy | RNN alone | companion alone | RNN weight | wall time | best RNN |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for number, run in enumerate(full, 1):
+        members = list(run["member_test_accuracy"].values())
+        rnn, companion = members[0], members[1] if len(members) > 1 else None
+        hp = run["best_hparams"]
+        rows.append(
+            f"| {number} | **{run['test_accuracy']:.4f}** | {rnn:.4f} | "
+            f"{'—' if companion is None else f'{companion:.4f}'} | {run['blend_weight_rnn']} | "
+            f"{run['wall_seconds'] / 60:.1f} min | {hp['cell']} {hp['units']}×{hp['layers']}"
+            f"{' bi' if hp['bidirectional'] else ''}, lr {hp['learning_rate']:.4f} |"
+        )
+    accuracies = np.array([run["test_accuracy"] for run in full])
+    names = {"tfidf_lr": "TF-IDF word 1-2-grams + LR", "nbsvm_lr": "NBSVM (NB-scaled binary 1-2-grams) + LR"}
+    baseline = [
+        f"| {names[name]} (scikit-learn) | {row['test_accuracy']:.4f} | {row['wall_seconds']:.0f} s |"
+        for name, row in results.get("linear_baseline", {}).items()
+    ]
+    return (
+        f"Whole pipeline on all training reviews, {len(full)} run(s): champion test accuracy "
+        f"{accuracies.mean():.4f} (min {accuracies.min():.4f}, max {accuracies.max():.4f}).\n\n"
+        + "\n".join(rows)
+        + "\n\n| linear baseline, same splits | test accuracy | wall time |\n|---|---|---|\n"
+        + "\n".join(baseline)
+        + "\n"
     )
 
 
@@ -109,25 +154,42 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_ARCHIVE, help="aclImdb .tar.gz or folder")
     parser.add_argument("--quick", action="store_true", help="a 4,000-review subset, few trials and epochs")
+    parser.add_argument(
+        "--repeats", type=int, help="runs on all the training reviews (accuracy spread; default 3, quick 1)"
+    )
+    parser.add_argument(
+        "--keep-model", type=Path, help="copy the last full run's model folder here (for benchmarks.serving)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the .json and .md results")
     args = parser.parse_args()
+    args.repeats = args.repeats or (1 if args.quick else 3)
 
     base = QUICK_PROFILE | {"data.limit": 4_000} if args.quick else FULL_PROFILE
     total = base.get("data.limit", TRAIN_REVIEWS)
     results: dict[str, Any] = {
         "quick": args.quick,
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "command": "python -m benchmarks.cost_growth" + (" --quick" if args.quick else ""),
+        "command": "python -m benchmarks.cost_growth"
+        + (" --quick" if args.quick else "")
+        + f" --repeats {args.repeats}",
         "environment": environment(),
+        "profile": {k: str(v) for k, v in base.items()},
         "pipeline": [],
         "epochs": [],
     }
-    for fraction in FRACTIONS:
+    # All reviews first: the figure that matters most is known soonest.
+    for index, fraction in enumerate((1.0, *(f for f in FRACTIONS if f < 1.0), *[1.0] * (args.repeats - 1))):
         reviews = int(total * fraction)
-        point = in_fresh_process(pipeline_point, base | {"data.limit": reviews}, args.data)
+        last = index == len(FRACTIONS) + args.repeats - 2
+        point = in_fresh_process(
+            pipeline_point, base | {"data.limit": reviews}, args.data, args.keep_model if last else None
+        )
         results["pipeline"].append({"fraction": fraction, "reviews": reviews, **point})
         print("pipeline", results["pipeline"][-1], flush=True)
     data_options = {k: v for k, v in base.items() if k.startswith("data.")} | {"data.path": args.data}
+    with tempfile.TemporaryDirectory() as cache:
+        results["linear_baseline"] = in_fresh_process(linear_baselines, data_options | {"data.cache_dir": cache})
+    print("linear baseline", results["linear_baseline"], flush=True)
     for max_len in MAX_LENS:
         point = in_fresh_process(epoch_point, data_options, max_len)
         results["epochs"].append({"max_len": max_len, **point})
@@ -140,11 +202,7 @@ def main() -> None:
         ),
         "max_rss_mb": max(p["peak_rss_mb"] for p in pipe + epochs),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = "cost_growth" + ("-quick" if args.quick else "")
-    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2, default=str))
-    (args.out / f"{stem}.md").write_text(markdown(results))
-    print(markdown(results))
+    write_results(results, markdown(results), args.out, "cost_growth", args.quick)
 
 
 if __name__ == "__main__":

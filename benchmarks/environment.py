@@ -39,3 +39,14 @@ def environment() -> dict[str, Any]:
 
 def versions_line(env: dict[str, Any]) -> str:
     return f"Python {env['python']}, " + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+
+
+def write_results(results: dict[str, Any], markdown: str, out: Path, name: str, quick: bool) -> None:
+    """``out/<name>[-quick].json`` and ``.md``, and the Markdown on stdout: every benchmark's ending."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    stem = name + ("-quick" if quick else "")
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (out / f"{stem}.md").write_text(markdown)
+    print(markdown)

@@ -23,6 +23,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -30,7 +31,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks.environment import environment, versions_line
+from benchmarks.environment import environment, versions_line, write_results
 from benchmarks.linear_baseline import linear_baselines
 
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -191,8 +192,9 @@ def input_pass_seconds(train, widths: tuple[int, ...], batch_size: int) -> float
     return time.perf_counter() - started
 
 
-def pipeline_run(overrides: dict[str, Any], data_path: Path) -> dict[str, Any]:
-    """The whole flow in a throw-away store; bookkeeping share from the study's own timings."""
+def pipeline_run(overrides: dict[str, Any], data_path: Path, keep_model: Path | None = None) -> dict[str, Any]:
+    """The whole flow in a throw-away store; bookkeeping share from the study's own timings.
+    ``keep_model``: where to copy the registered model's folder before the store goes."""
     import optuna
 
     from flows.training import training_flow
@@ -215,7 +217,11 @@ def pipeline_run(overrides: dict[str, Any], data_path: Path) -> dict[str, Any]:
         wall = time.perf_counter() - started
         stores = resolve(cfg)
         final = stores.mlflow_client().get_run(summary["run_id"]).data.metrics
-        members = member_test_accuracies(stores.download_model(summary["model_uri"]), cfg)
+        model_folder = stores.download_model(summary["model_uri"])
+        members = member_test_accuracies(model_folder, cfg)
+        if keep_model is not None:
+            shutil.rmtree(keep_model, ignore_errors=True)
+            shutil.copytree(model_folder, keep_model)
         study = optuna.load_study(study_name=cfg.search.study_name, storage=stores.study_storage)
         trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state.name == "COMPLETE"]
@@ -374,11 +380,7 @@ def main() -> None:
         )
     print("linear baseline", results["linear_baseline"], flush=True)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = "notebook_vs_pipeline" + ("-quick" if args.quick else "")
-    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2, default=str))
-    (args.out / f"{stem}.md").write_text(markdown(results))
-    print(markdown(results))
+    write_results(results, markdown(results), args.out, "notebook_vs_pipeline", args.quick)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ The machine is shared: `uptime` is recorded before and after, beside the figures
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -41,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.environment import environment, versions_line
+from benchmarks.environment import environment, versions_line, write_results
 from pipeline.config import PROJECT_ROOT
 
 # The PostgreSQL cluster and MLflow server the scale-out tests use (tests/services.py).
@@ -367,11 +366,7 @@ def main() -> None:
     if {"postgres", "sqlite"} <= replay.keys():
         results["remote_overhead_ms"] = replay["postgres"]["per_trial_ms"] - replay["sqlite"]["per_trial_ms"]
     results["projection"] = projection(results["cases"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = "scale_out-quick" if args.quick else "scale_out"
-    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / f"{stem}.md").write_text(markdown(results))
-    print(markdown(results))
+    write_results(results, markdown(results), args.out, "scale_out", args.quick)
 
 
 if __name__ == "__main__":

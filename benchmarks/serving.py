@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.environment import environment, versions_line
+from benchmarks.environment import environment, versions_line, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -245,11 +245,7 @@ def main() -> None:
         "workers": args.workers,
         "measurements": measurements,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = "serving" + ("-quick" if args.quick else "")
-    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2))
-    (args.out / f"{stem}.md").write_text(markdown(results))
-    print(markdown(results))
+    write_results(results, markdown(results), args.out, "serving", args.quick)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ ENV_PREFIX = "SENTIMENT_"
 Cell = Literal["simple_rnn", "lstm", "gru"]
 Optimizer = Literal["rmsprop", "adam"]
 Monitor = Literal["val_accuracy", "val_loss"]
+Pooling = Literal["last", "max_mean"]
 CELLS: tuple[Cell, ...] = Cell.__args__
 # XLA compiles each batch shape once (~2 s per shape, ~10 shapes a model); it pays back through
 # ~1.5-3× faster steps only over this many reviews × epochs.
@@ -48,6 +49,11 @@ class HParams(_Frozen):
     learning_rate: float = Field(3e-3, gt=0.0, le=1.0, description="optimizer learning rate")
     embedding_dim: int = Field(32, ge=1, le=1024, description="embedding width")
     optimizer: Optimizer = Field("adam", description="optimizer")
+    pooling: Pooling = Field(
+        "max_mean",
+        description="what the output layer reads: the RNN's last state, or the max and the mean of "
+        "its states over the review's tokens",
+    )
 
 
 class DataConfig(_Frozen):
@@ -101,6 +107,12 @@ class TrainConfig(_Frozen):
         "nbsvm",
         description="the bag-of-n-grams companion: NBSVM (binary 1-2-grams scaled by their naive-Bayes "
         "ratio, logistic regression) or fastText (mean n-gram embeddings)",
+    )
+
+    refit: bool = Field(
+        True,
+        description="once the epochs and the blend are chosen on validation, train the final model "
+        "again on training + validation reviews (an RNN alone or with the NBSVM companion)",
     )
 
     @field_validator("bigram_buckets")

@@ -53,6 +53,20 @@ class MaskedMean(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="pipeline")
+class MaskedMax(keras.layers.Layer):
+    """Largest value of each feature over the time steps whose id is not 0 (padding); zeros for a
+    review with none."""
+
+    def call(self, vectors, ids):
+        mask = ops.expand_dims(ids > 0, -1)
+        largest = ops.max(ops.where(mask, vectors, ops.full_like(vectors, -1e9)), axis=1)
+        return ops.where(ops.any(mask, axis=1), largest, ops.zeros_like(largest))
+
+    def compute_output_shape(self, vectors_shape, ids_shape):
+        return (vectors_shape[0], vectors_shape[-1])
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
 class DistinctNgrams(keras.layers.Layer):
     """Token ids → the ids of the review's distinct unigrams and hashed bigrams, each once.
 

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from pipeline.config import ConfigError, HParams, PipelineConfig
-from pipeline.layers import DistinctNgrams, HashedBigrams, MaskedMean, SumOverTime, WeightedAverage
+from pipeline.layers import DistinctNgrams, HashedBigrams, MaskedMax, MaskedMean, SumOverTime, WeightedAverage
 
 _CELLS = {
     "simple_rnn": keras.layers.SimpleRNN,
@@ -26,18 +26,27 @@ _OPTIMIZERS = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Ada
 
 
 def build_model(hparams: HParams, vocab_size: int, *, jit_compile: bool = False) -> keras.Model:
-    """A compiled binary classifier over token ids in ``[0, vocab_size)``.
+    """A compiled binary classifier over token ids in ``[0, vocab_size)``: Embedding → RNN layers →
+    (with ``pooling="max_mean"``) the max and the mean of the last layer's states over the review's
+    tokens → Dense sigmoid.
 
     ``jit_compile=True`` asks XLA to compile the train step; Keras' "auto" does not compile these
     RNNs on the TensorFlow backend, and compiling makes them about 3× faster on a CPU.
     """
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
     x = keras.layers.Embedding(vocab_size, hparams.embedding_dim, name="embedding")(tokens)
+    over_time = hparams.pooling == "max_mean"
     for index in range(hparams.layers):
-        rnn = _CELLS[hparams.cell](hparams.units, return_sequences=index < hparams.layers - 1)
+        rnn = _CELLS[hparams.cell](hparams.units, return_sequences=over_time or index < hparams.layers - 1)
         x = (keras.layers.Bidirectional(rnn) if hparams.bidirectional else rnn)(x)
         if hparams.dropout:
             x = keras.layers.Dropout(hparams.dropout)(x)
+    if over_time:
+        # The strongest and the average evidence anywhere in the review, not only what the last
+        # state still remembers: +0.016 test accuracy on the full data (see README, benchmarks).
+        x = keras.layers.Concatenate(name="pooled")(
+            [MaskedMax(name="max_over_time")(x, tokens), MaskedMean(name="mean_over_time")(x, tokens)]
+        )
     probability = keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
     model = keras.Model(tokens, probability, name=f"{hparams.cell}_sentiment")
     model.compile(
@@ -126,24 +135,22 @@ class Preset:
     max_len: int = 500
 
     def configure(self, cfg: PipelineConfig) -> PipelineConfig:
-        """``cfg`` for this preset: its vocabulary unless one was set, and never the bigram
-        companion (a preset is the notebook's model as written). Raises ConfigError when the
-        companion was asked for."""
+        """``cfg`` for this preset: its vocabulary unless one was set, never the bigram companion
+        and no refit on the validation reviews unless asked (a preset is the notebook's model as
+        written). Raises ConfigError when the companion was asked for."""
         if "bigram_buckets" in cfg.train.model_fields_set and cfg.train.bigram_buckets:
             raise ConfigError(
                 "invalid option train.bigram_buckets (--bigram-buckets): a preset is the "
                 "notebook's model as written, without the bigram companion"
             )
         data = {} if "vocab_size" in cfg.data.model_fields_set else {"vocab_size": self.vocab_size}
+        train = {"bigram_buckets": 0} | ({} if "refit" in cfg.train.model_fields_set else {"refit": False})
         return cfg.model_copy(
-            update={
-                "data": cfg.data.model_copy(update=data),
-                "train": cfg.train.model_copy(update={"bigram_buckets": 0}),
-            }
+            update={"data": cfg.data.model_copy(update=data), "train": cfg.train.model_copy(update=train)}
         )
 
 
-_NOTEBOOK = {"embedding_dim": 16, "units": 8, "optimizer": "rmsprop", "learning_rate": 1e-4}
+_NOTEBOOK = {"embedding_dim": 16, "units": 8, "optimizer": "rmsprop", "learning_rate": 1e-4, "pooling": "last"}
 
 # The Keras notebooks' models; parameter counts as Keras reports them (tests check these).
 PRESETS: dict[str, Preset] = {

@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,10 +42,18 @@ from pipeline.evaluate import (
     precision_recall_figure,
     roc_figure,
 )
-from pipeline.model import PRESETS, inference_copy
+from pipeline.model import PRESETS, average_models, inference_copy
 from pipeline.serve import pyfunc_spec
 from pipeline.stores import Stores, resolve
-from pipeline.train import EpochMetrics, TrainResult, train_bigram_model, train_model, train_nbsvm_model
+from pipeline.train import (
+    EpochMetrics,
+    TrainResult,
+    refit_model,
+    train_and_val,
+    train_bigram_model,
+    train_model,
+    train_nbsvm_model,
+)
 
 MODEL_ARTIFACT = "model"
 
@@ -62,6 +70,10 @@ class FinalModel:
     vocab_size_effective: int
     bigram_buckets: int | None = None  # the companion's, when it is part of the model
     bigram_dim: int | None = None
+    rnn_weight: float = 1.0  # the RNN's share of the blend chosen on validation
+    # With ``train.refit``: the same choice fitted on the training part only, which is what scores
+    # the validation reviews (the refit model has trained on them).
+    held_out_model: keras.Model | None = None
 
     def details(self) -> dict[str, Any]:
         """What the model is, for its run and registry version: kind, companion size, vocabulary."""
@@ -390,8 +402,31 @@ def train_final(
     final = FinalModel(inference_copy(rnn), hparams, result, "rnn", data.vocab_size_effective)
     if cfg.train.bigram_buckets:
         final = _blend_companion(final, data, cfg, run)
+    if cfg.train.refit and (final.kind == "rnn" or cfg.train.companion == "nbsvm"):
+        final = _refit(final, data, cfg, run)
     run.set_tags({"model_kind": final.kind})
     return final
+
+
+def _refit(final: FinalModel, data: PreparedData, cfg: PipelineConfig, run: tracking.RunHandle) -> FinalModel:
+    """The chosen model trained again on training + validation reviews: the same hyperparameters,
+    the RNN's best epoch count and the blend weight, all chosen on validation before. A quarter more
+    reviews gained 0.003 test accuracy for each part and 0.006 for the blend (README)."""
+    rnn, result = refit_model(
+        final.hparams,
+        data,
+        cfg.train,
+        epochs=final.result.best_epoch,
+        widths=final.result.widths,
+        progress=f"refit {final.hparams.cell}",
+    )
+    run.log_metrics({"refit/epochs": result.epochs, "refit/train_seconds": result.seconds})
+    model, buckets = inference_copy(rnn), final.bigram_buckets
+    if final.kind != "rnn":
+        companion, _ = train_nbsvm_model(train_and_val(data), cfg.train, widths=final.result.widths)
+        buckets = companion.get_layer("ngram_ids").buckets
+        model = average_models([model, companion], [final.rnn_weight, 1 - final.rnn_weight])
+    return replace(final, model=model, bigram_buckets=buckets, held_out_model=final.model)
 
 
 def _blend_companion(
@@ -424,6 +459,7 @@ def _blend_companion(
         rnn.vocab_size_effective,
         buckets,
         cfg.train.bigram_dim,
+        choice.rnn_weight,
     )
 
 
@@ -445,12 +481,13 @@ _PARTS = {"rnn": "RNN", "bigrams": "bag-of-bigrams companion"}
 
 
 def evaluate_model(final: FinalModel, data: PreparedData, run: tracking.RunHandle) -> Evaluation:
-    """The shipped model on the test split: metrics ``model/test_…`` (and ``model/val_accuracy``),
+    """The shipped model on the test split: metrics ``model/test_…`` (and ``model/val_accuracy``,
+    of its held-out fit when it was refitted on the validation reviews too),
     confusion matrix, ROC, precision-recall, calibration and accuracy-by-length plots, a learning
     curve per trained part, and the most confidently wrong reviews as a table (``evaluation/``)."""
     probability = predict_proba(final.model, data.test.x, data.test.lengths, final.result.widths)
     evaluation = evaluate(data.test.y, probability)
-    val = predict_proba(final.model, data.val.x, data.val.lengths, final.result.widths)
+    val = predict_proba(final.held_out_model or final.model, data.val.x, data.val.lengths, final.result.widths)
     headline = {f"model/{k}": v for k, v in evaluation.metrics.items() if v == v}  # NaN: undefined
     headline["model/val_accuracy"] = float(np.mean((val >= THRESHOLD) == data.val.y.astype(bool)))
     run.log_metrics(headline)

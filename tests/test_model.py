@@ -59,8 +59,8 @@ def test_each_cell_builds_a_classifier_of_any_length(cell, layer_type):
 
 
 def test_bidirectional_doubles_the_recurrent_width():
-    single = build_model(HParams(units=6, embedding_dim=4), vocab_size=50)
-    double = build_model(HParams(units=6, embedding_dim=4, bidirectional=True), vocab_size=50)
+    single = build_model(HParams(units=6, embedding_dim=4, pooling="last"), vocab_size=50)
+    double = build_model(HParams(units=6, embedding_dim=4, bidirectional=True, pooling="last"), vocab_size=50)
 
     assert single.get_layer("probability").input.shape[-1] == 6
     assert double.get_layer("probability").input.shape[-1] == 12
@@ -68,12 +68,30 @@ def test_bidirectional_doubles_the_recurrent_width():
 
 
 def test_stacked_layers_pass_sequences_and_the_last_one_a_vector():
-    model = build_model(HParams(cell="lstm", units=5, layers=3, embedding_dim=4, dropout=0.3), vocab_size=50)
+    model = build_model(
+        HParams(cell="lstm", units=5, layers=3, embedding_dim=4, dropout=0.3, pooling="last"), vocab_size=50
+    )
 
     recurrent = list(_recurrent_layers(model))
     assert [layer.return_sequences for layer in recurrent] == [True, True, False]
     assert [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)] == [0.3] * 3
     assert model.predict(np.ones((1, 7), dtype="int32"), verbose=0).shape == (1, 1)
+
+
+def test_pooling_reads_the_max_and_the_mean_of_the_states_over_the_reviews_tokens_only():
+    model = build_model(HParams(units=6, embedding_dim=4, bidirectional=True), vocab_size=50)
+    assert [layer.return_sequences for layer in _recurrent_layers(model)] == [True, True]
+    assert model.get_layer("probability").input.shape[-1] == 2 * 12  # max and mean of 12 states
+    recurrent = next(layer for layer in model.layers if isinstance(layer, keras.layers.Bidirectional))
+    states = keras.Model(model.input, recurrent.output)
+    pooled = keras.Model(model.input, model.get_layer("pooled").output)
+    review = np.array([[0, 0, 0, 5, 9, 7]], dtype="int32")  # three padding steps first
+
+    real = states.predict(review, verbose=0)[0, 3:]
+    np.testing.assert_allclose(
+        pooled.predict(review, verbose=0)[0], np.concatenate([real.max(axis=0), real.mean(axis=0)]), atol=1e-6
+    )
+    assert np.allclose(pooled.predict(np.zeros((1, 4), "int32"), verbose=0), 0), "no token: zeros"
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -164,3 +182,13 @@ def test_nbsvm_scores_the_sigmoid_of_its_distinct_ngram_weights_and_loads_back(t
     model.save(tmp_path / "nbsvm.keras")
     loaded = keras.saving.load_model(tmp_path / "nbsvm.keras", compile=False, safe_mode=True)
     assert loaded.predict(twice, verbose=0) == pytest.approx(model.predict(twice, verbose=0), abs=1e-6)
+
+
+def test_a_preset_is_the_notebooks_model_as_written_no_companion_no_refit_unless_asked():
+    from pipeline.config import build_config
+
+    preset = PRESETS["notebook-lstm"]
+    assert preset.hparams.pooling == "last"
+    plain = preset.configure(build_config({}))
+    assert (plain.train.bigram_buckets, plain.train.refit) == (0, False)
+    assert preset.configure(build_config({"train.refit": True})).train.refit is True
