@@ -3,7 +3,8 @@
 Prefect starts its own temporary server when ``PREFECT_API_URL`` is unset, but in this process's
 group: the Ctrl-C a terminal sends to the group killed it too, and the flow then spent minutes in
 connection errors while closing its runs. This one runs the same app in a session of its own, so
-only this process decides when it stops: after the runs are closed.
+only this process decides when it stops: after the runs are closed, or when this process is gone
+(``flows.prefect_server`` watches its parent).
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ def prefect_api() -> Iterator[str]:
         yield PREFECT_API_URL.value()
         return
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent)]
+    # flows.prefect_server: uvicorn that stops when this process is gone, even SIGKILLed
+    command = [sys.executable, "-m", "flows.prefect_server", str(os.getpid())]
+    command += ["--app-dir", str(prefect.__module_path__.parent)]
     command += ["--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--log-level", "error", "--lifespan", "on"]
     env = {
