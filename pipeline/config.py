@@ -111,8 +111,8 @@ class TrainConfig(_Frozen):
 
     refit: bool = Field(
         True,
-        description="once the epochs and the blend are chosen on validation, train the final model "
-        "again on training + validation reviews (an RNN alone or with the NBSVM companion)",
+        description="once the blend weight is chosen on validation, fit the NBSVM companion again on "
+        "training + validation reviews (the RNN stays the fit early stopping chose)",
     )
 
     @field_validator("bigram_buckets")

@@ -135,18 +135,20 @@ class Preset:
     max_len: int = 500
 
     def configure(self, cfg: PipelineConfig) -> PipelineConfig:
-        """``cfg`` for this preset: its vocabulary unless one was set, never the bigram companion
-        and no refit on the validation reviews unless asked (a preset is the notebook's model as
-        written). Raises ConfigError when the companion was asked for."""
+        """``cfg`` for this preset: its vocabulary unless one was set, and never the bigram
+        companion (a preset is the notebook's model as written). Raises ConfigError when the
+        companion was asked for."""
         if "bigram_buckets" in cfg.train.model_fields_set and cfg.train.bigram_buckets:
             raise ConfigError(
                 "invalid option train.bigram_buckets (--bigram-buckets): a preset is the "
                 "notebook's model as written, without the bigram companion"
             )
         data = {} if "vocab_size" in cfg.data.model_fields_set else {"vocab_size": self.vocab_size}
-        train = {"bigram_buckets": 0} | ({} if "refit" in cfg.train.model_fields_set else {"refit": False})
         return cfg.model_copy(
-            update={"data": cfg.data.model_copy(update=data), "train": cfg.train.model_copy(update=train)}
+            update={
+                "data": cfg.data.model_copy(update=data),
+                "train": cfg.train.model_copy(update={"bigram_buckets": 0}),
+            }
         )
 
 

@@ -91,7 +91,7 @@ def widths_for(train: Split, cfg: TrainConfig, max_len: int) -> tuple[int, ...]:
 def fit(
     model: keras.Model,
     train: Split,
-    val: Split | None,
+    val: Split,
     cfg: TrainConfig,
     *,
     widths: tuple[int, ...],
@@ -101,17 +101,14 @@ def fit(
 ) -> TrainResult:
     """Train until ``epochs`` (default ``cfg.epochs``) or early stopping on ``cfg.monitor``.
 
-    The model ends with the weights of its best epoch. Without ``val`` (a refit on every labelled
-    review) it trains exactly ``epochs`` and keeps the last. ``progress`` names the model in a
+    The model ends with the weights of its best epoch. ``progress`` names the model in a
     per-epoch progress line. Raises TrainingDiverged on NaN loss.
     """
     keras.utils.set_random_seed(cfg.seed)
     train_batches = training_dataset(train.x, train.y, train.lengths, widths, cfg.batch_size, seed=cfg.seed)
-    val_batches = None if val is None else evaluation_dataset(val.x, val.y, val.lengths, widths)
-    stopper = (
-        []
-        if val is None
-        else [keras.callbacks.EarlyStopping(monitor=cfg.monitor, patience=cfg.patience, restore_best_weights=True)]
+    val_batches = evaluation_dataset(val.x, val.y, val.lengths, widths)
+    stopper = keras.callbacks.EarlyStopping(
+        monitor=cfg.monitor, patience=cfg.patience, restore_best_weights=True
     )
     epochs = epochs or cfg.epochs
     shown = [_EpochProgress(progress, epochs)] if progress else []
@@ -121,7 +118,7 @@ def fit(
             train_batches,
             validation_data=val_batches,
             epochs=epochs,
-            callbacks=[_StopOnSignal(), keras.callbacks.TerminateOnNaN(), *stopper, *callbacks, *shown],
+            callbacks=[_StopOnSignal(), keras.callbacks.TerminateOnNaN(), stopper, *callbacks, *shown],
             shuffle=False,  # the batches are shuffled already, within and across length buckets
             verbose=0,
         ).history
@@ -129,15 +126,6 @@ def fit(
     losses = history.get("loss", [])
     if not losses or not all(math.isfinite(v) for v in losses):
         raise TrainingDiverged(f"training loss became {losses[-1] if losses else 'undefined'}")
-    if val is None:
-        return TrainResult(
-            history={k: [float(v) for v in vs] for k, vs in history.items()},
-            epochs=len(losses),
-            best_epoch=len(losses),
-            best_value=float("nan"),
-            seconds=seconds,
-            widths=widths,
-        )
     values = np.asarray(history[cfg.monitor])
     best = int(np.argmax(values) if cfg.monitor == "val_accuracy" else np.argmin(values))
     return TrainResult(
@@ -185,22 +173,6 @@ def train_and_val(data: PreparedData) -> PreparedData:
         np.concatenate([data.train.lengths, data.val.lengths]),
     )
     return replace(data, train=both)
-
-
-def refit_model(
-    hparams: HParams,
-    data: PreparedData,
-    cfg: TrainConfig,
-    *,
-    epochs: int,
-    widths: tuple[int, ...],
-    progress: str | None = None,
-) -> tuple[keras.Model, TrainResult]:
-    """A fresh model for ``hparams`` trained ``epochs`` epochs on training + validation reviews
-    (``train_and_val``), at the first fit's bucket ``widths``; nothing held out, nothing stopped early."""
-    both = train_and_val(data)
-    model = build_model(hparams, data.vocab_size_effective, jit_compile=_use_jit(cfg, both, epochs))
-    return model, fit(model, both.train, None, cfg, widths=widths, epochs=epochs, progress=progress)
 
 
 def bigram_bucket_count(train: Split, vocab_size: int, cap: int) -> int:

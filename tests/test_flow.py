@@ -287,15 +287,14 @@ def test_final_run_records_the_companion_and_keeps_the_blend_only_when_it_wins_o
     assert version.tags["model_kind"] == expected
 
 
-def test_the_shipped_model_is_refitted_on_training_and_validation_reviews_after_the_choices(first_run):
-    """Epochs and blend weight are chosen on validation; the shipped model then trains again on
-    training + validation reviews for the chosen epochs, and its validation figure is the held-out
-    fit's, not a score on reviews it trained on."""
+def test_a_blends_companion_is_refitted_on_training_and_validation_reviews_after_the_choice(first_run):
+    """The blend weight is chosen on validation; the shipped blend's NBSVM then fits training +
+    validation reviews, and the model's validation figure stays the held-out fit's."""
     cfg, summary = first_run
     metrics = _client(cfg).get_run(summary.run_id).data.metrics
-    assert metrics["refit/epochs"] == metrics["rnn/best_epoch"]
     chosen = "blend/val_accuracy_rnn_bigrams" if summary.model_kind == "rnn+bigrams" else "blend/val_accuracy_rnn"
     assert metrics["model/val_accuracy"] == pytest.approx(metrics[chosen], abs=1e-6)
+    assert ("refit/companion_seconds" in metrics) == (summary.model_kind == "rnn+bigrams")
 
 
 def test_without_a_companion_the_champion_is_the_rnn_alone(prefect_api, tmp_path):
