@@ -136,7 +136,7 @@ def _other_value(dotted: str, field, tmp_path):
         return next(choice for choice in typing.get_args(annotation) if choice != default)
     kind = next(a for a in (typing.get_args(annotation) or (annotation,)) if a is not type(None))
     if kind is bool:
-        return True
+        return not default
     if kind is int:
         lowest = next((m.ge for m in field.metadata if hasattr(m, "ge")), 0)
         return (default if default is not None else lowest) + 1
@@ -155,7 +155,7 @@ def _as_env(value) -> str:
 
 def _as_options(dotted: str, value) -> list[str]:
     if isinstance(value, bool):
-        return [flag(dotted)]
+        return [flag(dotted) if value else "--no-" + flag(dotted)[2:]]
     if isinstance(value, tuple):
         return [part for item in value for part in (flag(dotted), item)]
     return [flag(dotted), str(value)]
