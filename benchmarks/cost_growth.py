@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.environment import environment, versions_line, write_results
-from benchmarks.linear_baseline import linear_baselines
+from benchmarks.linear_baseline import BASELINE_NAMES, linear_baselines
 from benchmarks.notebook_vs_pipeline import (
     DEFAULT_ARCHIVE,
     FULL_PROFILE,
@@ -135,9 +135,8 @@ def full_runs_markdown(results: dict[str, Any]) -> str:
             f"{' bi' if hp['bidirectional'] else ''}, lr {hp['learning_rate']:.4f} |"
         )
     accuracies = np.array([run["test_accuracy"] for run in full])
-    names = {"tfidf_lr": "TF-IDF word 1-2-grams + LR", "nbsvm_lr": "NBSVM (NB-scaled binary 1-2-grams) + LR"}
     baseline = [
-        f"| {names[name]} (scikit-learn) | {row['test_accuracy']:.4f} | {row['wall_seconds']:.0f} s |"
+        f"| {BASELINE_NAMES[name]} (scikit-learn) | {row['test_accuracy']:.4f} | {row['wall_seconds']:.0f} s |"
         for name, row in results.get("linear_baseline", {}).items()
     ]
     return (
@@ -178,12 +177,11 @@ def main() -> None:
         "epochs": [],
     }
     # All reviews first: the figure that matters most is known soonest.
-    for index, fraction in enumerate((1.0, *(f for f in FRACTIONS if f < 1.0), *[1.0] * (args.repeats - 1))):
+    fractions = (1.0, *(f for f in FRACTIONS if f < 1.0), *[1.0] * (args.repeats - 1))
+    for index, fraction in enumerate(fractions):
         reviews = int(total * fraction)
-        last = index == len(FRACTIONS) + args.repeats - 2
-        point = in_fresh_process(
-            pipeline_point, base | {"data.limit": reviews}, args.data, args.keep_model if last else None
-        )
+        keep = args.keep_model if index == len(fractions) - 1 else None
+        point = in_fresh_process(pipeline_point, base | {"data.limit": reviews}, args.data, keep)
         results["pipeline"].append({"fraction": fraction, "reviews": reviews, **point})
         print("pipeline", results["pipeline"][-1], flush=True)
     data_options = {k: v for k, v in base.items() if k.startswith("data.")} | {"data.path": args.data}

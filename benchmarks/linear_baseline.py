@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 
 C_GRID = (0.1, 0.3, 1.0, 3.0)
+# How reports name the two rows of ``linear_baselines``.
+BASELINE_NAMES = {"tfidf_lr": "TF-IDF word 1-2-grams + LR", "nbsvm_lr": "NBSVM (NB-scaled binary 1-2-grams) + LR"}
 
 
 def raw_splits(data_options: dict[str, Any]) -> dict[str, tuple[list[str], np.ndarray]]:

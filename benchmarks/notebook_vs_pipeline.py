@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.environment import environment, versions_line, write_results
-from benchmarks.linear_baseline import linear_baselines
+from benchmarks.linear_baseline import BASELINE_NAMES, linear_baselines
 
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -306,12 +306,11 @@ def markdown(results: dict[str, Any]) -> str:
         f"| data prep, cold / cached | {results['prep']['prep_cold_seconds']:.1f} s / "
         f"{results['prep']['prep_cached_seconds']:.2f} s | same code |",
     ]
-    names = {"tfidf_lr": "TF-IDF word 1-2-grams + LR", "nbsvm_lr": "NBSVM (NB-scaled binary 1-2-grams) + LR"}
     baseline = [
         "| scikit-learn on the same splits | test accuracy | validation accuracy (C) | wall time |",
         "|---|---|---|---|",
         *(
-            f"| {names[name]} | {row['test_accuracy']:.4f} | {row['val_accuracy']:.4f} (C={row['C']:g}) | "
+            f"| {BASELINE_NAMES[name]} | {row['test_accuracy']:.4f} | {row['val_accuracy']:.4f} (C={row['C']:g}) | "
             f"{row['wall_seconds']:.0f} s |"
             for name, row in results.get("linear_baseline", {}).items()
         ),

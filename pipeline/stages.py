@@ -69,7 +69,6 @@ class FinalModel:
     vocab_size_effective: int
     bigram_buckets: int | None = None  # the companion's, when it is part of the model
     bigram_dim: int | None = None
-    rnn_weight: float = 1.0  # the RNN's share of the blend chosen on validation
     # With ``train.refit``: the blend as chosen, its companion fitted on the training part only,
     # which is what scores the validation reviews (the refit companion has trained on them).
     held_out_model: keras.Model | None = None
@@ -447,7 +446,6 @@ def _blend_companion(
         rnn.vocab_size_effective,
         buckets,
         cfg.train.bigram_dim,
-        choice.rnn_weight,
         held_out,
     )
 
