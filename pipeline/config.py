@@ -28,6 +28,7 @@ Cell = Literal["simple_rnn", "lstm", "gru"]
 Optimizer = Literal["rmsprop", "adam"]
 Monitor = Literal["val_accuracy", "val_loss"]
 Pooling = Literal["last", "max_mean"]
+Selection = Literal["best", "cheapest_within_1se"]
 CELLS: tuple[Cell, ...] = Cell.__args__
 # XLA compiles each batch shape once (~2 s per shape, ~10 shapes a model); it pays back through
 # ~1.5-3× faster steps only over this many reviews × epochs.
@@ -142,6 +143,12 @@ class SearchConfig(_Frozen):
         None, ge=1, description="tokens per review (the end) in trials (default: --max-len)"
     )
     seed: int | None = Field(42, description="seed of the Optuna sampler and of --subset's draw")
+    selection: Selection = Field(
+        "best",
+        description="the trial whose settings the final model takes: the best validation score, or "
+        "the cheapest (recurrent multiply-adds per token) scoring within one standard error of the "
+        "best (val_accuracy only)",
+    )
     workers: int = Field(1, ge=1, le=8, description="trials run side by side, one process each")
     heartbeat_seconds: int = Field(
         60,

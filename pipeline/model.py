@@ -22,6 +22,7 @@ _CELLS = {
     "lstm": keras.layers.LSTM,
     "gru": keras.layers.GRU,
 }
+_GATES = {"simple_rnn": 1, "lstm": 4, "gru": 3}  # weight matrices per cell, each units × (input + units)
 _OPTIMIZERS = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam}
 
 
@@ -56,6 +57,18 @@ def build_model(hparams: HParams, vocab_size: int, *, jit_compile: bool = False)
         jit_compile=jit_compile,
     )
     return model
+
+
+def multiply_adds_per_token(hparams: HParams) -> int:
+    """The recurrent layers' multiply-adds for one token, all layers and directions: what a step of
+    training and scoring costs, up to a constant (the embedding is a lookup, the output layer runs
+    once per review)."""
+    directions = 2 if hparams.bidirectional else 1
+    inputs, total = hparams.embedding_dim, 0
+    for _ in range(hparams.layers):
+        total += directions * _GATES[hparams.cell] * hparams.units * (inputs + hparams.units)
+        inputs = directions * hparams.units
+    return total
 
 
 # fastText-style models converge at this rate in 4-6 epochs on IMDB (Adam, batch 64).

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import multiprocessing
 import os
 import socket
@@ -39,9 +40,10 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 from optuna_integration import KerasPruningCallback
 
-from pipeline.config import ConfigError, HParams, PipelineConfig, SearchConfig, flag, run_params
+from pipeline.config import ConfigError, HParams, PipelineConfig, SearchConfig, Selection, flag, run_params
 from pipeline.data import PreparedData, Split, prepare
 from pipeline.liveness import here, is_gone, repeating
+from pipeline.model import multiply_adds_per_token
 from pipeline.progress import Progress
 from pipeline.signals import raise_on_signals
 from pipeline.stores import database_pool, is_transient
@@ -373,7 +375,8 @@ def run_search(
             _optimize_in_workers(cfg, storage, trial_tracker, target)
     _fail_stale(study)
     try:
-        return _result(study, time.perf_counter() - started)  # reads the storage: workers' trials too
+        # Reads the storage: workers' trials too.
+        return _result(study, time.perf_counter() - started, cfg.search.selection)
     finally:
         _close(study)
 
@@ -553,6 +556,7 @@ def _optimize(
                     )
                 raise
             trial.set_user_attr("epochs", result.epochs)
+            trial.set_user_attr("val_reviews", len(data.val))  # the score's standard error needs it
             trial.set_user_attr("seconds", result.seconds)  # the whole fit, bookkeeping included
             trial.set_user_attr("bookkeeping_seconds", timed.seconds)
             if run is not None:
@@ -657,12 +661,12 @@ def study_record(cfg: PipelineConfig, storage: str) -> StudyRecord:
     return record
 
 
-def study_best(study_name: str, storage: str) -> SearchResult:
-    """The study's best trial and trial counts. Raises SearchError when the study is missing or
-    has no completed trial."""
+def study_best(study_name: str, storage: str, selection: Selection = "best") -> SearchResult:
+    """The study's chosen trial (``chosen_trial``) and trial counts. Raises SearchError when the
+    study is missing or has no completed trial."""
     opened = optuna.storages.RDBStorage(storage, engine_kwargs=database_pool(storage))
     try:
-        return _result(optuna.load_study(study_name=study_name, storage=opened), 0.0)
+        return _result(optuna.load_study(study_name=study_name, storage=opened), 0.0, selection)
     except KeyError:
         raise SearchError(f"no study '{study_name}' in {storage}") from None
     finally:
@@ -678,12 +682,12 @@ def _close(study: optuna.Study) -> None:
         engine.dispose()
 
 
-def best_hparams(study_name: str, storage: str) -> HParams:
-    """The best configuration stored in the study ``study_name``.
+def best_hparams(study_name: str, storage: str, selection: Selection = "best") -> HParams:
+    """The configuration ``selection`` chooses in the study ``study_name``.
 
     Raises SearchError when the study is missing or has no completed trial.
     """
-    return study_best(study_name, storage).best_hparams
+    return study_best(study_name, storage, selection).best_hparams
 
 
 def trial_data(data: PreparedData, cfg: SearchConfig) -> PreparedData:
@@ -702,7 +706,24 @@ def _cut(split: Split, max_len: int) -> Split:
     return Split(split.x[:, -max_len:], split.y, np.minimum(split.lengths, max_len))
 
 
-def _result(study: optuna.Study, seconds: float) -> SearchResult:
+def chosen_trial(study: optuna.Study, selection: Selection) -> FrozenTrial:
+    """The trial whose settings the final model takes. ``best``: the best value.
+    ``cheapest_within_1se`` (val_accuracy only): of the completed trials scoring within one
+    binomial standard error of the best, the one with the fewest recurrent multiply-adds per
+    token. Trials score on a share of the reviews for a few epochs, so differences within that
+    error are noise, while a cheaper model trains and scores several times faster (README,
+    "Performance on the full data")."""
+    best = study.best_trial
+    reviews = best.user_attrs.get("val_reviews")
+    if selection == "best" or study.direction.name != "MAXIMIZE" or not reviews:
+        return best
+    error = math.sqrt(best.value * (1.0 - best.value) / reviews)
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    close = [trial for trial in trials if trial.value >= best.value - error]
+    return min(close, key=lambda t: (multiply_adds_per_token(HParams(**t.params)), -t.value, t.number))
+
+
+def _result(study: optuna.Study, seconds: float, selection: Selection = "best") -> SearchResult:
     counts = _counts(study)
     if counts[TrialState.COMPLETE] == 0:
         raise SearchError(
@@ -710,7 +731,7 @@ def _result(study: optuna.Study, seconds: float) -> SearchResult:
             f"({counts[TrialState.FAIL]} failed, {counts[TrialState.PRUNED]} pruned); "
             "see the trial runs' failure_reason tags"
         )
-    best = study.best_trial
+    best = chosen_trial(study, selection)
     return SearchResult(
         best_hparams=HParams(**best.params),
         best_value=float(best.value),

@@ -195,7 +195,7 @@ def chosen_hparams(
         cfg, base = PRESETS[preset].configure(cfg), PRESETS[preset].hparams
     else:
         cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"study_name": best_of})})
-        base = search.best_hparams(best_of, resolve(cfg).study_storage)
+        base = search.best_hparams(best_of, resolve(cfg).study_storage, cfg.search.selection)
     try:
         return cfg, HParams.model_validate(base.model_dump() | dict(overrides))
     except ValidationError as error:
@@ -381,7 +381,7 @@ def search_worker(stores: Stores, cfg: PipelineConfig, data: PreparedData) -> se
 def study_result(stores: Stores, cfg: PipelineConfig, run: tracking.RunHandle) -> search.SearchResult:
     """The best trial of the study ``search.study_name``, logged on ``run`` as ``search_hparams``
     logs it: what a pipeline whose search fanned out to workers trains next."""
-    result = search.study_best(cfg.search.study_name, stores.study_storage)
+    result = search.study_best(cfg.search.study_name, stores.study_storage, cfg.search.selection)
     _log_search(run, result, cfg)
     return result
 
