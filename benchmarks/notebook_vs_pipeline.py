@@ -31,6 +31,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from benchmarks.environment import environment, versions_line, write_results
 from benchmarks.linear_baseline import BASELINE_NAMES, linear_baselines
 
@@ -42,21 +44,15 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ARCHIVE = REPO.parent / "shared" / "data" / "aclImdb_v1.tar.gz"
 RESULTS = REPO / "benchmarks" / "results"
 
-# The pipeline's settings for the full dataset: search short (trials on half the training reviews,
-# their last 300 tokens, 2 epochs, two processes), then train the winner in full with XLA and buckets.
-FULL_PROFILE: dict[str, Any] = {
-    "data.vocab_size": 20_000,
-    "data.max_len": 500,
-    "search.trials": 20,
-    "search.epochs": 2,
-    "search.subset": 0.5,
-    "search.max_len": 300,
-    "search.workers": 2,
-    "search.timeout": 900,
-    "train.epochs": 6,
-    "train.patience": 2,
-    "train.buckets": 8,
-}
+# The pipeline's settings for the full dataset, as a user runs them (configs/full.yaml): search
+# short (trials on half the training reviews, their last 300 tokens, 2 epochs, two processes), then
+# train the chosen configuration in full with XLA and buckets.
+def _dotted(config_file: Path) -> dict[str, Any]:
+    tree = yaml.safe_load(config_file.read_text())
+    return {f"{section}.{name}": value for section, values in tree.items() for name, value in values.items()}
+
+
+FULL_PROFILE: dict[str, Any] = _dotted(REPO / "configs" / "full.yaml")
 QUICK_PROFILE: dict[str, Any] = {
     **FULL_PROFILE,
     "data.limit": 2_000,

@@ -12,6 +12,7 @@ from pipeline.search import (
     UNSEARCHED,
     SearchError,
     best_hparams,
+    chosen_trial,
     create_study,
     reap_dead_trials,
     run_search,
@@ -211,3 +212,53 @@ def test_a_silent_trial_of_another_machine_is_failed_after_three_heartbeats(tiny
     trials = optuna.load_study(study_name="elsewhere", storage=cfg.search.storage).trials
     assert trials[0].state.name == "FAIL"
     assert [RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials].count(0) == 1
+
+
+def _finished_trial(value: float, **params) -> optuna.trial.FrozenTrial:
+    distributions = {
+        "cell": optuna.distributions.CategoricalDistribution(["simple_rnn", "lstm", "gru"]),
+        "units": optuna.distributions.CategoricalDistribution([16, 32, 64]),
+        "bidirectional": optuna.distributions.CategoricalDistribution([False, True]),
+    }
+    return optuna.trial.create_trial(
+        params=params,
+        distributions={name: distributions[name] for name in params},
+        value=value,
+        user_attrs={"val_reviews": 5000},
+    )
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_the_cheapest_trial_within_one_standard_error_of_the_best_is_chosen(direction):
+    """With 5,000 validation reviews, one standard error at 0.870 is 0.0048: the 32-unit GRU at
+    0.866 costs an eighth of the best's work per token and is chosen, the 16-unit SimpleRNN at
+    0.860 is beyond the error. A val_loss study has no binomial error: its best is taken."""
+    study = optuna.create_study(direction=direction)
+    study.add_trial(_finished_trial(0.870, cell="lstm", units=64, bidirectional=True))
+    study.add_trial(_finished_trial(0.866, cell="gru", units=32, bidirectional=False))
+    study.add_trial(_finished_trial(0.860, cell="simple_rnn", units=16, bidirectional=False))
+    best = study.best_trial.number
+
+    cheap = chosen_trial(study, "cheapest_within_1se")
+
+    assert chosen_trial(study, "best").number == best
+    if direction == "maximize":
+        assert (cheap.params["cell"], cheap.params["units"]) == ("gru", 32)
+    else:
+        assert cheap.number == best
+
+
+def test_a_search_trains_the_configuration_its_selection_chooses(tiny):
+    """The study's result and ``best_hparams`` agree with ``chosen_trial`` under the config's
+    selection, and trials record how many validation reviews scored them."""
+    cfg, data = tiny
+    cfg = with_search(cfg, study_name="selection", trials=3, selection="cheapest_within_1se")
+
+    result = run_search(data, cfg, cfg.search.storage)
+
+    study = optuna.load_study(study_name="selection", storage=cfg.search.storage)
+    chosen = chosen_trial(study, "cheapest_within_1se")
+    assert {t.user_attrs["val_reviews"] for t in study.trials if t.state.name == "COMPLETE"} == {len(data.val)}
+    assert result.best_trial == chosen.number
+    assert result.best_hparams == HParams(**chosen.params)
+    assert best_hparams("selection", cfg.search.storage, "cheapest_within_1se") == result.best_hparams
