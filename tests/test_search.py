@@ -262,3 +262,17 @@ def test_a_search_trains_the_configuration_its_selection_chooses(tiny):
     assert result.best_trial == chosen.number
     assert result.best_hparams == HParams(**chosen.params)
     assert best_hparams("selection", cfg.search.storage, "cheapest_within_1se") == result.best_hparams
+
+
+def test_two_search_workers_start_no_trial_past_the_target(tiny):
+    """A worker stops when the finished trials and those running elsewhere reach the target: a
+    trial begun past it would keep the whole search waiting for one more fit."""
+    cfg, data = tiny
+    cfg = with_search(cfg, study_name="two-workers", trials=4, workers=2)
+
+    result = run_search(data, cfg, cfg.search.storage)
+
+    trials = optuna.load_study(study_name="two-workers", storage=cfg.search.storage).trials
+    assert result.complete + result.pruned == 4
+    assert [t.state.name for t in trials if not t.state.is_finished()] == []
+    assert len(trials) == 4
