@@ -137,6 +137,11 @@ class SearchConfig(_Frozen):
     )
     epochs: int = Field(3, ge=1, description="epoch cap per trial")
     cells: tuple[Cell, ...] = Field(CELLS, description="cell types to search (repeat the option)")
+    bidirectional: bool = Field(
+        True,
+        description="search bidirectional cells too (each reads a review twice: about twice the "
+        "training and scoring time)",
+    )
     pruner: Literal["median", "hyperband", "none"] = Field("median", description="Optuna pruner")
     subset: float = Field(1.0, gt=0.0, le=1.0, description="share of training reviews each trial trains on")
     max_len: int | None = Field(
@@ -243,7 +248,8 @@ class ConfigError(ValueError):
 # A leaf name used by two sections keeps the plain flag in its home section (``--max-len`` is
 # ``data.max_len``); elsewhere the flag carries the section (``--search-max-len``).
 _HOME = {"max_len": "data", "epochs": "train", "workers": "search"}
-_FLAG_NAMES = {"data.path": "--data", "search.cells": "--cell"}
+# Not --bidirectional: that is the model's own (``sentiment train --bidirectional``).
+_FLAG_NAMES = {"data.path": "--data", "search.cells": "--cell", "search.bidirectional": "--search-bidirectional"}
 
 
 def fields() -> Iterator[tuple[str, FieldInfo]]:

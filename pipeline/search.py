@@ -132,7 +132,7 @@ def suggest_hparams(trial: optuna.Trial, cfg: SearchConfig) -> HParams:
         cell=trial.suggest_categorical("cell", list(cfg.cells)),
         units=trial.suggest_categorical("units", [16, 32, 64]),
         layers=trial.suggest_int("layers", 1, 2),
-        bidirectional=trial.suggest_categorical("bidirectional", [False, True]),
+        bidirectional=trial.suggest_categorical("bidirectional", [False, True] if cfg.bidirectional else [False]),
         dropout=trial.suggest_float("dropout", 0.0, 0.5, step=0.1),
         learning_rate=trial.suggest_float("learning_rate", 1e-3, 1e-2, log=True),
         embedding_dim=trial.suggest_categorical("embedding_dim", [16, 32, 64]),

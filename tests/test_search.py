@@ -16,6 +16,7 @@ from pipeline.search import (
     create_study,
     reap_dead_trials,
     run_search,
+    search_space,
     suggest_hparams,
     trial_data,
 )
@@ -50,6 +51,16 @@ def test_search_space_names_match_the_logged_params(tiny):
     hparams = suggest_hparams(trial, cfg.search)
     assert set(trial.params) == set(HParams.model_fields) - UNSEARCHED
     assert set(HParams.model_fields) <= set(run_params(hparams, cfg)), "unsearched ones are logged too"
+
+
+def test_without_search_bidirectional_every_trial_reads_one_way_and_the_study_records_it(tiny):
+    cfg, _ = tiny
+    one_way = with_search(cfg, bidirectional=False)
+    study = optuna.create_study()
+    drawn = {suggest_hparams(study.ask(), one_way.search).bidirectional for _ in range(20)}
+    assert drawn == {False}
+    assert search_space(one_way)["distributions"]["bidirectional"]["attributes"]["choices"] == [False]
+    assert search_space(one_way) != search_space(cfg)  # another space: a study made with the other refuses it
 
 
 def test_a_second_search_with_the_same_name_resumes_the_study(tiny):
