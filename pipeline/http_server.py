@@ -17,7 +17,8 @@ the stack trace, and answers 500 to a request without a Content-Type:
 - every error body is ``{"error_code", "message"}``, the message short and without the input.
 
 Requests scored at the same time are scored as one batch (``Batched``): one Keras call for many
-reviews costs about what one call for one review costs.
+reviews costs about what one call for one review costs. Before the server answers, the model is
+compiled for every input shape scoring can use (``compiled``), so no request waits on XLA.
 """
 
 from __future__ import annotations
@@ -100,10 +101,28 @@ def app_from_environment() -> App:
 
 
 def create_app(model_path: str, cfg: ServeConfig) -> App:
-    """MLflow's scoring app for the pyfunc in ``model_path`` (loaded once), behind ``Limits``."""
+    """MLflow's scoring app for the pyfunc in ``model_path`` (loaded once, compiled for every input
+    shape before the first request: ``compiled``), behind ``Limits``."""
     from pipeline.serve import scoring_app
 
-    return Limits(scoring_app(model_path, wrap=Batched), cfg)
+    return Limits(scoring_app(model_path, wrap=lambda model: Batched(compiled(model))), cfg)
+
+
+def compiled(model: Any) -> Any:
+    """The loaded pyfunc, its scorer compiled for every input shape when it can be (our models):
+    a server starts some seconds later and then never stalls a request on a compilation."""
+    python_model = None
+    with contextlib.suppress(Exception):  # not a Python model: nothing of ours to compile
+        python_model = model.unwrap_python_model()
+    compile_scorer = getattr(python_model, "compile_scorer", None)
+    if compile_scorer is not None:
+        started = time.perf_counter()
+        shapes = compile_scorer()
+        # In the server's own output (uvicorn's logger), which says why start-up took these seconds.
+        logging.getLogger("uvicorn.error").info(
+            "scorer compiled for %d input shapes in %.1f s", shapes, time.perf_counter() - started
+        )
+    return model
 
 
 # --- the limits ---------------------------------------------------------------------------------

@@ -79,6 +79,13 @@ with _without_type_hint_advice():
             self._widths = tuple(rules["widths"])
             self._threshold = float(rules["threshold"])
 
+        def compile_scorer(self) -> int:
+            """Compile the model for every input shape scoring can use (``batching.compile_scorer``):
+            what a server does once before it answers, so no request waits on XLA."""
+            from pipeline.batching import compile_scorer
+
+            return compile_scorer(self._keras, self._widths)
+
         def predict(self, context, model_input, params=None) -> pd.DataFrame:
             from mlflow.exceptions import MlflowException
             from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE

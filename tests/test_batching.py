@@ -11,11 +11,13 @@ from pipeline.batching import (
     assign_buckets,
     bucket_widths,
     chunk_sizes,
+    compile_scorer,
     epoch_batches,
     evaluation_dataset,
     padding_share,
     predict_proba,
     training_dataset,
+    xla_scorer,
 )
 
 
@@ -167,6 +169,22 @@ def test_predict_proba_scores_in_input_order_as_if_each_review_were_alone(sample
         width = widths[buckets[i]]
         expected = tiny_model.predict(test.x[[i], -width:], verbose=0)[0, 0]
         assert scores[i] == pytest.approx(float(expected), abs=1e-6)
+
+
+def test_a_compiled_scorer_meets_no_new_shape_whatever_the_batch(sample_data, tiny_model):
+    """After ``compile_scorer`` (what a server does before its first request), no batch size and
+    no review length makes XLA compile again: no request waits on a compilation."""
+    widths = bucket_widths(sample_data.train.lengths, 4, sample_data.max_len)
+
+    shapes = compile_scorer(tiny_model, widths)
+
+    traces = xla_scorer(tiny_model).traces()
+    assert shapes == traces == 4 * len(widths)
+    test = sample_data.test
+    for size in (1, 3, 9, 70, 600):
+        rows = np.arange(size) % len(test)
+        predict_proba(tiny_model, test.x[rows], test.lengths[rows], widths)
+    assert xla_scorer(tiny_model).traces() == traces
 
 
 class _WidthProbe:
