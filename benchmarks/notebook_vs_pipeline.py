@@ -44,9 +44,9 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ARCHIVE = REPO.parent / "shared" / "data" / "aclImdb_v1.tar.gz"
 RESULTS = REPO / "benchmarks" / "results"
 
-# The pipeline's settings for the full dataset, as a user runs them (configs/full.yaml): search
-# short (trials on half the training reviews, their last 300 tokens, 2 epochs, two processes), then
-# train the chosen configuration in full with XLA and buckets.
+# The pipeline's settings for the full dataset, as a user runs them: configs/full.yaml, read as
+# dotted overrides (a short search on a share of the reviews, then the chosen configuration
+# trained in full with XLA and buckets).
 def _dotted(config_file: Path) -> dict[str, Any]:
     tree = yaml.safe_load(config_file.read_text())
     return {f"{section}.{name}": value for section, values in tree.items() for name, value in values.items()}

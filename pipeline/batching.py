@@ -168,10 +168,7 @@ def predict_proba(model, x: np.ndarray, lengths: np.ndarray, widths: tuple[int, 
                 rows = np.concatenate([rows, np.zeros((size - len(batch), width), rows.dtype)])
             calls.append((batch, rows))
     probabilities = np.zeros(len(x), dtype=np.float64)
-    if len(calls) > 1 and scoring_threads() > 1:
-        scored = list(scoring_pool().map(lambda call: score(call[1]), calls))
-    else:
-        scored = [score(rows) for _, rows in calls]
+    scored = _on_scoring_threads(lambda call: score(call[1]), calls)
     for (batch, _), scores in zip(calls, scored, strict=True):
         probabilities[batch] = np.asarray(scores, dtype=np.float64).reshape(-1)[: len(batch)]
     return probabilities
@@ -185,15 +182,17 @@ def compile_scorer(model, widths: tuple[int, ...]) -> int:
     score = xla_scorer(model)
     shapes = [(rows, width) for rows in _CHUNKS for width in widths]  # single reviews' first
 
-    def run(shape: tuple[int, int]) -> None:
-        score(np.zeros(shape, dtype=np.int32))  # all padding: the scores are thrown away
-
-    if scoring_threads() > 1:
-        list(scoring_pool().map(run, shapes))
-    else:
-        for shape in shapes:
-            run(shape)
+    # All padding: the scores are thrown away.
+    _on_scoring_threads(lambda shape: score(np.zeros(shape, dtype=np.int32)), shapes)
     return len(shapes)
+
+
+def _on_scoring_threads(call, items: list) -> list:
+    """``[call(item) for item in items]``, on ``scoring_pool``'s threads when there is more than
+    one item and more than one thread."""
+    if len(items) > 1 and scoring_threads() > 1:
+        return list(scoring_pool().map(call, items))
+    return [call(item) for item in items]
 
 
 def xla_scorer(model):

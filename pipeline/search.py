@@ -735,11 +735,11 @@ def _result(study: optuna.Study, seconds: float, selection: Selection = "best") 
             f"({counts[TrialState.FAIL]} failed, {counts[TrialState.PRUNED]} pruned); "
             "see the trial runs' failure_reason tags"
         )
-    best = chosen_trial(study, selection)
+    chosen = chosen_trial(study, selection)
     return SearchResult(
-        best_hparams=HParams(**best.params),
-        best_value=float(best.value),
-        best_trial=best.number,
+        best_hparams=HParams(**chosen.params),
+        best_value=float(chosen.value),
+        best_trial=chosen.number,
         complete=counts[TrialState.COMPLETE],
         pruned=counts[TrialState.PRUNED],
         failed=counts[TrialState.FAIL],
