@@ -88,6 +88,12 @@ class TrainConfig(_Frozen):
     epochs: int = Field(8, ge=1, description="epoch cap for the final model")
     patience: int = Field(3, ge=0, description="early-stopping patience in epochs")
     monitor: Monitor = Field("val_accuracy", description="what early stopping and the search optimise")
+    time_budget: float | None = Field(
+        None,
+        gt=0,
+        description="seconds the final RNN may train: no epoch starts that would end past them "
+        "(judged by the longest epoch so far; the best epoch's weights are kept)",
+    )
     buckets: int = Field(
         4, ge=1, le=32, description="length buckets per epoch; 1 pads every batch to --max-len"
     )

@@ -47,6 +47,7 @@ from pipeline.serve import pyfunc_spec
 from pipeline.stores import Stores, resolve
 from pipeline.train import (
     EpochMetrics,
+    TimeBudget,
     TrainResult,
     train_and_val,
     train_bigram_model,
@@ -392,10 +393,12 @@ def train_final(
     """The RNN on all training reviews at full length, then (unless ``train.bigram_buckets`` is 0)
     its bag-of-bigrams companion; the average of both when that wins on validation."""
     run.log_params(run_params(hparams, cfg, data.vocab_size_effective))
-    rnn, result = train_model(
-        hparams, data, cfg.train, callbacks=[EpochMetrics(run.log_metrics, prefix="rnn/")], progress=f"final {hparams.cell}"
-    )
+    budget = TimeBudget(cfg.train.time_budget) if cfg.train.time_budget else None
+    callbacks = [EpochMetrics(run.log_metrics, prefix="rnn/"), *([budget] if budget else [])]
+    rnn, result = train_model(hparams, data, cfg.train, callbacks=callbacks, progress=f"final {hparams.cell}")
     _log_training(run, result, prefix="rnn/")
+    if budget:
+        run.log_metrics({"rnn/stopped_by_time_budget": float(budget.stopped)})
     # Served uncompiled: a compiled model is saved with its optimizer state.
     final = FinalModel(inference_copy(rnn), hparams, result, "rnn", data.vocab_size_effective)
     if cfg.train.bigram_buckets:

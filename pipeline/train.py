@@ -66,6 +66,32 @@ class _StopOnSignal(keras.callbacks.Callback):
         raise_if_stopped()
 
 
+class TimeBudget(keras.callbacks.Callback):
+    """Ends training before an epoch that would finish more than ``seconds`` after training began,
+    judging the next epoch by the longest so far (the first holds XLA's compilations, so the guess
+    errs long). The first epoch always runs; early stopping still restores the best epoch's
+    weights when training ends. ``stopped`` tells whether the budget ended it."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.stopped = False
+
+    def on_train_begin(self, logs=None) -> None:
+        self._started = time.perf_counter()
+        self._longest_epoch = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self._epoch_started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        now = time.perf_counter()
+        self._longest_epoch = max(self._longest_epoch, now - self._epoch_started)
+        if now - self._started + self._longest_epoch > self.seconds:
+            self.model.stop_training = True
+            self.stopped = True
+
+
 class _EpochProgress(keras.callbacks.Callback):
     """Epoch i/n with loss, val_accuracy and seconds, as ``progress.Progress`` shows it."""
 

@@ -51,6 +51,7 @@ def _config(store, **overrides):
         "search.cells": ("gru",),
         "search.study_name": "flow-test",
         "train.epochs": 4,
+        "train.time_budget": 3600,
         "tracking.tracking_uri": f"sqlite:///{store / 'mlruns' / 'mlflow.db'}",
         "tracking.experiment_name": "flow-test",
         "tracking.model_name": "flow-test-model",
@@ -115,6 +116,7 @@ def test_parent_run_holds_test_metrics_plots_and_the_model(first_run):
         assert 0.0 <= metrics[f"model/{metric}"] <= max(1.0, metrics["model/test_loss"])
     assert 0.0 <= metrics["model/val_accuracy"] <= 1.0
     assert len(client.get_metric_history(run.info.run_id, "rnn/val_loss")) >= 1
+    assert metrics["rnn/stopped_by_time_budget"] == 0.0  # an hour is room enough for 4 epochs
     assert "`model/…` the shipped model" in run.data.tags["mlflow.note.content"]
     assert summary.model_kind in run.data.tags["mlflow.note.content"]
     # The model is a logged model (MLflow 3) from code: nothing pickled, linked to the run.

@@ -11,7 +11,7 @@ import pytest
 from pipeline.config import HParams, TrainConfig
 from pipeline.data import Split
 from pipeline.model import build_model
-from pipeline.train import EpochMetrics, TrainingDiverged, bigram_bucket_count, fit, train_model
+from pipeline.train import EpochMetrics, TimeBudget, TrainingDiverged, bigram_bucket_count, fit, train_model
 
 TINY = HParams(cell="gru", units=4, embedding_dim=4)
 
@@ -53,6 +53,18 @@ def test_a_tiny_model_overfits_a_handful_of_reviews(sample_data):
     assert result.epochs == 15
     assert losses[-1] < 0.2 * losses[0]
     assert result.history["val_accuracy"][result.best_epoch - 1] == 1.0
+
+
+def test_a_time_budget_ends_training_before_an_epoch_that_would_overrun_it(tiny):
+    cfg, data = tiny
+    cfg = cfg.model_copy(update={"epochs": 3, "patience": 3})
+    spent, roomy = TimeBudget(1e-3), TimeBudget(3600)
+
+    _, stopped = train_model(TINY, data, cfg, callbacks=[spent])
+    _, finished = train_model(TINY, data, cfg, callbacks=[roomy])
+
+    assert (stopped.epochs, spent.stopped) == (1, True)  # the first epoch always runs
+    assert (finished.epochs, roomy.stopped) == (3, False)
 
 
 def test_each_epoch_is_logged_with_a_1_based_step_and_shown_as_progress(tiny, caplog):
