@@ -49,7 +49,7 @@ def pipeline_point(profile: dict[str, Any], data_path: Path, keep_model: Path | 
     keys = (
         "wall_seconds", "peak_rss_mb", "test_accuracy", "model_kind", "member_test_accuracy",
         "val_accuracy", "blend_weight_rnn", "best_hparams", "search_seconds", "trials_complete",
-        "trials_pruned", "trials_failed",
+        "trials_pruned", "trials_failed", "final_epochs", "final_seconds_per_epoch", "final_stopped_by_time_budget",
     )  # fmt: skip
     return {k: result[k] for k in keys}
 

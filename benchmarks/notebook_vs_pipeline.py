@@ -241,6 +241,7 @@ def pipeline_run(overrides: dict[str, Any], data_path: Path, keep_model: Path | 
         "best_hparams": summary["best_hparams"],
         "final_epochs": final.get("rnn/epochs_run"),
         "final_seconds_per_epoch": final.get("rnn/seconds_per_epoch"),
+        "final_stopped_by_time_budget": final.get("rnn/stopped_by_time_budget"),
         "search_seconds": final.get("search/seconds"),
         "promotion": summary.get("promotion_reason"),
     }

@@ -87,7 +87,8 @@ class TimeBudget(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         now = time.perf_counter()
         self._longest_epoch = max(self._longest_epoch, now - self._epoch_started)
-        if now - self._started + self._longest_epoch > self.seconds:
+        last = epoch + 1 >= self.params.get("epochs", math.inf)  # the cap ends it anyway
+        if not last and now - self._started + self._longest_epoch > self.seconds:
             self.model.stop_training = True
             self.stopped = True
 
