@@ -65,6 +65,9 @@ def test_a_time_budget_ends_training_before_an_epoch_that_would_overrun_it(tiny)
 
     assert (stopped.epochs, spent.stopped) == (1, True)  # the first epoch always runs
     assert (finished.epochs, roomy.stopped) == (3, False)
+    capped = TimeBudget(1e-3)
+    train_model(TINY, data, cfg, epochs=1, callbacks=[capped])
+    assert not capped.stopped  # the epoch cap, not the budget, ended a one-epoch training
 
 
 def test_each_epoch_is_logged_with_a_1_based_step_and_shown_as_progress(tiny, caplog):
