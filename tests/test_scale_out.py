@@ -156,7 +156,15 @@ def test_a_killed_worker_costs_only_its_trial_and_a_fresh_worker_finishes_the_st
     # Every worker killed mid-study; one started later finishes it and leaves nothing RUNNING.
     create(engines, "all-killed", trials=5)
     workers = [start(engines, "worker", "--study-name", "all-killed") for _ in range(2)]
-    wait_for(lambda: sum(t.state in FINISHED for t in trials_of(engines, "all-killed")) >= 1)
+
+    def one_finished_and_one_before_its_first_epoch():
+        # Killed then, a trial is surely left RUNNING: it has a whole epoch to go. (Waiting for a
+        # finished trial alone could kill both workers between trials, or after the last.)
+        trials = trials_of(engines, "all-killed")
+        started = [t for t in trials if t.state == TrialState.RUNNING and not t.intermediate_values]
+        return sum(t.state in FINISHED for t in trials) >= 1 and started
+
+    wait_for(one_finished_and_one_before_its_first_epoch)
     for worker in workers:
         worker.send_signal(signal.SIGKILL)
         worker.wait()
