@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -165,6 +166,14 @@ def model_facts(model_path: str) -> dict[str, Any]:
     }
 
 
+def compile_facts(server_log: Path) -> dict[str, Any]:
+    """What the server's log says its start-up spent compiling the scorer (one line per process)."""
+    found = re.findall(r"scorer compiled for (\d+) input shapes in ([\d.]+) s", server_log.read_text(errors="replace"))
+    if not found:
+        return {}
+    return {"compiled_shapes": int(found[0][0]), "compile_seconds": max(float(s) for _, s in found)}
+
+
 def markdown(results: dict[str, Any]) -> str:
     m, env = results["measurements"], results["environment"]
     parts = m["breakdown_ms_p50"]
@@ -185,6 +194,12 @@ def markdown(results: dict[str, Any]) -> str:
         f"({parts['pyfunc']:.2f} ms) |",
         f"| model folder / its Keras file | {m['model_mb']:.1f} MB / {m['keras_file_mb']:.1f} MB |",
         f"| cold load, `mlflow.pyfunc.load_model` in a fresh interpreter | {m['cold_load_seconds']:.1f} s |",
+        f"| server start-up, process start to first `/ping` answer | {m['server_start_seconds']:.1f} s"
+        + (
+            f" (of which compiling {m['compiled_shapes']} input shapes: {m['compile_seconds']:.1f} s) |"
+            if "compile_seconds" in m
+            else " |"
+        ),
     ]
     return (
         f"## Serving: `{results['model']}`\n\n"
@@ -230,10 +245,11 @@ def main() -> None:
     model_path = resolve(config_with({"tracking.tracking_uri": args.tracking_uri})).download_model(args.model)
     measurements = model_facts(model_path) | measure_in_process(model_path, reviews, in_process, requests)
     with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "server.log"
         try:
-            with model_server(
-                args.model, args.tracking_uri, Path(tmp) / "server.log", workers=args.workers
-            ) as server:
+            started = time.perf_counter()
+            with model_server(args.model, args.tracking_uri, log, workers=args.workers) as server:
+                measurements |= {"server_start_seconds": time.perf_counter() - started} | compile_facts(log)
                 measurements |= measure_http(
                     server.url, reviews, requests, batches, args.batch_size, args.clients
                 )
