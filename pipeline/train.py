@@ -80,6 +80,7 @@ class TimeBudget(keras.callbacks.Callback):
     def on_train_begin(self, logs=None) -> None:
         self._started = time.perf_counter()
         self._longest_epoch = 0.0
+        self.stopped = False  # of this training, when the callback is reused
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self._epoch_started = time.perf_counter()
