@@ -412,7 +412,7 @@ def join_study(
                     _optimize_in_workers(cfg, storage, trial_tracker, record.trials_target, worker, seed)
                 break
             except Exception as error:
-                if not (is_transient(error) or isinstance(error, UpdateFinishedTrialError)) or attempt == _REJOINS:
+                if not _rejoinable(error) or attempt == _REJOINS:
                     raise
                 log.warning("study storage: %s; rejoining in %d s", str(error).splitlines()[0], 2 * attempt)
                 time.sleep(2 * attempt)
@@ -434,6 +434,17 @@ def join_study(
 
 
 _REJOINS = 5  # about 30 s of waiting in all: a database restart, not an outage
+
+
+def _rejoinable(error: BaseException | None) -> bool:
+    """Whether ``error``, or one it was raised while handling, says the storage dropped out. The
+    chain matters: when the connection drops while Optuna 5 stores a trial's state, its
+    ``_run_trial`` raises an UnboundLocalError from its own ``finally``, on top of the real error."""
+    while error is not None:
+        if is_transient(error) or isinstance(error, UpdateFinishedTrialError):
+            return True
+        error = error.__context__
+    return False
 
 
 def load_study(

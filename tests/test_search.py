@@ -287,3 +287,25 @@ def test_two_search_workers_start_no_trial_past_the_target(tiny):
     assert result.complete + result.pruned == 4
     assert [t.state.name for t in trials if not t.state.is_finished()] == []
     assert len(trials) == 4
+
+
+def test_a_dropped_connection_hidden_under_optunas_own_error_still_rejoins():
+    """A database restart while Optuna stores a trial's state surfaces as an UnboundLocalError
+    from Optuna's ``finally``; the worker must see the dropped connection under it and rejoin,
+    and still give up at once on a real error hidden the same way."""
+    from sqlalchemy.exc import OperationalError
+
+    from pipeline.search import _rejoinable
+
+    def masked(error: Exception) -> Exception:
+        try:
+            try:
+                raise error
+            finally:
+                raise UnboundLocalError("cannot access local variable 'updated_state'")
+        except UnboundLocalError as raised:
+            return raised
+
+    dropped = OperationalError("UPDATE trials", {}, Exception("connection refused"))
+    assert _rejoinable(masked(dropped))
+    assert not _rejoinable(masked(ValueError("a bug")))
