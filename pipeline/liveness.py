@@ -24,14 +24,18 @@ def here() -> dict[str, Any]:
 
 def is_gone(owner: Mapping[str, Any]) -> bool:
     """True only when ``owner`` (``here()`` of some process, values possibly as strings) ran on
-    this machine and that process no longer exists; False when unknown or on another machine."""
-    if owner.get("host") != socket.gethostname() or owner.get("pid") in (None, ""):
+    this machine and that process no longer exists; False when unknown or on another machine.
+
+    An owner without its start time is unknown, not gone: a trial's attributes are written one at
+    a time, and a neighbour that read one between ``pid`` and ``pid_started`` failed a live trial
+    (its worker then died on "Cannot tell a FAIL trial")."""
+    if owner.get("host") != socket.gethostname() or any(owner.get(key) in (None, "") for key in ("pid", "pid_started")):
         return False
     try:
         started = psutil.Process(int(owner["pid"])).create_time()
     except psutil.NoSuchProcess:
         return True
-    return abs(started - float(owner.get("pid_started") or 0.0)) > 1.0
+    return abs(started - float(owner["pid_started"])) > 1.0
 
 
 @contextmanager

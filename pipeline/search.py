@@ -414,7 +414,7 @@ def join_study(
             except Exception as error:
                 if not _rejoinable(error) or attempt == _REJOINS:
                     raise
-                log.warning("study storage: %s; rejoining in %d s", str(error).splitlines()[0], 2 * attempt)
+                log.warning("search worker: %s; rejoining the study in %d s", str(error).splitlines()[0], 2 * attempt)
                 time.sleep(2 * attempt)
                 _close(study)
                 study = load_study(cfg, storage, trial_tracker, seed=seed)
@@ -437,14 +437,20 @@ _REJOINS = 5  # about 30 s of waiting in all: a database restart, not an outage
 
 
 def _rejoinable(error: BaseException | None) -> bool:
-    """Whether ``error``, or one it was raised while handling, says the storage dropped out. The
-    chain matters: when the connection drops while Optuna 5 stores a trial's state, its
-    ``_run_trial`` raises an UnboundLocalError from its own ``finally``, on top of the real error."""
+    """Whether ``error``, or one it was raised while handling, says the storage dropped out or
+    this worker's trial was failed by another (silent past its grace: a paused machine, a lost
+    network). The chain matters: Optuna 5's ``_run_trial`` raises from its own ``finally`` on
+    top of the real error. The trial itself is already retried by whoever failed it."""
     while error is not None:
-        if is_transient(error) or isinstance(error, UpdateFinishedTrialError):
+        if is_transient(error) or isinstance(error, UpdateFinishedTrialError) or _told_elsewhere(error):
             return True
         error = error.__context__
     return False
+
+
+def _told_elsewhere(error: BaseException) -> bool:
+    # Optuna's tell raises a bare ValueError for a trial already finished (optuna/study/_tell.py).
+    return isinstance(error, ValueError) and str(error).startswith("Cannot tell a FAIL trial")
 
 
 def load_study(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import optuna
+from optuna.trial import TrialState
 import pytest
 
 from pipeline.config import SAMPLE_ARCHIVE, HParams, PipelineConfig, build_config, run_params
@@ -225,6 +226,28 @@ def test_a_silent_trial_of_another_machine_is_failed_after_three_heartbeats(tiny
     assert [RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials].count(0) == 1
 
 
+def test_a_neighbours_trial_caught_while_writing_its_owner_is_left_running(tiny):
+    """A trial's owner is written one attribute at a time; a neighbour reaping between ``pid`` and
+    ``pid_started`` once failed a live trial, and its worker died telling the result (CI)."""
+    from pipeline.liveness import here
+
+    cfg, _ = tiny
+    cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"study_name": "half-written"})})
+    study = create_study(cfg, cfg.search.storage)
+    alive, dead = study.ask(), study.ask()
+    owner = here()
+    for trial, pid in ((alive, owner["pid"]), (dead, 999_999_999)):
+        trial.set_user_attr("host", owner["host"])
+        trial.set_user_attr("pid", pid)
+    assert reap_dead_trials(study) == 0  # neither owner is whole yet
+
+    alive.set_user_attr("pid_started", owner["pid_started"])
+    dead.set_user_attr("pid_started", owner["pid_started"])
+    assert reap_dead_trials(study) == 1
+    states = {t.number: t.state.name for t in optuna.load_study(study_name="half-written", storage=cfg.search.storage).trials}
+    assert states[alive.number] == "RUNNING" and states[dead.number] == "FAIL"
+
+
 def _finished_trial(value: float, **params) -> optuna.trial.FrozenTrial:
     distributions = {
         "cell": optuna.distributions.CategoricalDistribution(["simple_rnn", "lstm", "gru"]),
@@ -309,3 +332,20 @@ def test_a_dropped_connection_hidden_under_optunas_own_error_still_rejoins():
     dropped = OperationalError("UPDATE trials", {}, Exception("connection refused"))
     assert _rejoinable(masked(dropped))
     assert not _rejoinable(masked(ValueError("a bug")))
+
+
+def test_a_worker_whose_trial_another_failed_rejoins(tmp_path):
+    """A worker silent past its grace (a paused machine) finds its trial failed by a neighbour
+    when it tells the result; Optuna raises, and the worker must rejoin, not die."""
+    from pipeline.search import _rejoinable
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}")
+
+    def failed_by_a_neighbour(trial: optuna.Trial) -> float:
+        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        return 0.5
+
+    with pytest.raises(Exception) as raised:
+        study.optimize(failed_by_a_neighbour, n_trials=1)
+    assert _rejoinable(raised.value)
+    assert not _rejoinable(ValueError("a bug"))
