@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
 import pytest
+from optuna.trial import TrialState
 
 from pipeline.config import SAMPLE_ARCHIVE, HParams, PipelineConfig, build_config, run_params
 from pipeline.data import prepare
