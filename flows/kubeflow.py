@@ -37,7 +37,7 @@ from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 from flows.kubeflow_tasks import Parameter, parameters, pipeline_arguments
-from pipeline.config import PROJECT_ROOT, ConfigError, PipelineConfig
+from pipeline.config import STATE_ROOT, ConfigError, PipelineConfig
 
 PIPELINE_NAME = "imdb-sentiment"
 DEFAULT_IMAGE = "imdb-sentiment:0.1.0"
@@ -338,7 +338,7 @@ def run_local(cfg: PipelineConfig, root: Path | None = None) -> dict:
     with _environment(
         MLFLOW_TRACKING_URI=stores.tracking_uri, SENTIMENT_SEARCH_STORAGE=stores.study_storage, PATH=path
     ):
-        return _run_locally(cfg, root or PROJECT_ROOT / ".cache" / "kfp-local")
+        return _run_locally(cfg, root or STATE_ROOT / ".cache" / "kfp-local")
 
 
 @contextlib.contextmanager

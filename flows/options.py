@@ -32,7 +32,16 @@ import typer
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from pipeline.config import PROJECT_ROOT, SECTIONS, ConfigError, HParams, env_var, flag, load_config
+from pipeline.config import (
+    PROJECT_ROOT,
+    SECTIONS,
+    STATE_ROOT,
+    ConfigError,
+    HParams,
+    env_var,
+    flag,
+    load_config,
+)
 from pipeline.signals import stop_on_signals
 
 PANELS = {
@@ -197,7 +206,7 @@ _QUIET = {
 }
 
 
-LOG_FILE = PROJECT_ROOT / ".cache" / "logs" / "sentiment.log"
+LOG_FILE = STATE_ROOT / ".cache" / "logs" / "sentiment.log"
 _details = logging.getLogger("sentiment")  # tracebacks: to the log file only, never the terminal
 
 

@@ -21,6 +21,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.fields import FieldInfo
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _state_root() -> Path:
+    """Where the default stores (``mlruns/``), caches and logs live: ``SENTIMENT_HOME`` when set;
+    else the checkout (``make run`` keeps everything in the repository); else, for an installed
+    package (site-packages, often read-only: the image's), ``~/.imdb-sentiment`` of the user."""
+    if os.environ.get("SENTIMENT_HOME"):
+        return Path(os.environ["SENTIMENT_HOME"]).expanduser().resolve()
+    if (PROJECT_ROOT / "pyproject.toml").is_file():
+        return PROJECT_ROOT
+    return Path.home() / ".imdb-sentiment"
+
+
+STATE_ROOT = _state_root()
 SAMPLE_ARCHIVE = Path(__file__).resolve().parent / "sample" / "aclImdb_sample.tar.gz"
 ENV_PREFIX = "SENTIMENT_"
 
@@ -73,7 +87,7 @@ class DataConfig(_Frozen):
     seed: int = Field(42, description="seed of the validation split and of --limit's draw")
     limit: int | None = Field(None, ge=2, description="use at most this many reviews per split (stratified)")
     cache_dir: Path | None = Field(
-        PROJECT_ROOT / ".cache" / "prepared", description="where prepared arrays are cached; none: no cache"
+        STATE_ROOT / ".cache" / "prepared", description="where prepared arrays are cached; none: no cache"
     )
 
     @field_validator("path", "cache_dir")

@@ -272,7 +272,7 @@ def _storage(url: str, heartbeat: int, trial_tracker: TrialTracker | None) -> op
         )
 
 
-_OWNER_ATTRS = ("host", "pid", "pid_started", "worker")
+_OWNER_ATTRS = ("host", "pid_namespace", "pid", "pid_started", "worker")
 
 
 class _StaleTrial:

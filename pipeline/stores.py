@@ -5,7 +5,8 @@ included) into a frozen ``Stores``: absolute URIs for the MLflow tracking and re
 the Optuna storage and the experiments' artifact location, with local folders created. Everything
 else receives clients made from those URIs; nothing sets MLflow's process-global URIs.
 
-The embedded default keeps everything under ``mlruns/`` in the repository, addressed by absolute
+The embedded default keeps everything under ``mlruns/`` in the repository (``config.STATE_ROOT``:
+in the user's home for an installed package), addressed by absolute
 path so every process (CLI, Prefect runs, search workers, ``mlflow ui``) opens the same files.
 """
 
@@ -25,14 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import PROJECT_ROOT, PipelineConfig, env_var, flag
+from pipeline.config import STATE_ROOT, PipelineConfig, env_var, flag
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STORE = PROJECT_ROOT / "mlruns"
+DEFAULT_STORE = STATE_ROOT / "mlruns"
 _SQLITE = "sqlite:///"
 LOCAL_UI = "http://127.0.0.1:5000"
 

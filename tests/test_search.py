@@ -238,6 +238,7 @@ def test_a_neighbours_trial_caught_while_writing_its_owner_is_left_running(tiny)
     owner = here()
     for trial, pid in ((alive, owner["pid"]), (dead, 999_999_999)):
         trial.set_user_attr("host", owner["host"])
+        trial.set_user_attr("pid_namespace", owner["pid_namespace"])
         trial.set_user_attr("pid", pid)
     assert reap_dead_trials(study) == 0  # neither owner is whole yet
 

@@ -165,7 +165,7 @@ def test_a_killed_pipelines_run_is_closed_by_the_next_run_on_any_machine(stores)
     study = {"optuna_study": "s"}
     left = {}
     for name, owner, last_beat in (
-        ("here-killed", {"host": tracking.here()["host"], "pid": "999999999", "pid_started": "1"}, time.time()),
+        ("here-killed", {**tracking.here(), "pid": "999999999", "pid_started": "1"}, time.time()),
         ("there-silent", {"host": "another-machine", "pid": "1", "pid_started": "1"}, time.time() - 400),
         ("there-alive", {"host": "another-machine", "pid": "1", "pid_started": "1"}, time.time() - 30),
     ):
