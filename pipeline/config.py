@@ -239,6 +239,13 @@ class ServeConfig(_Frozen):
         description="requests being read or scored at once per server process (scored together "
         "in one model call); more get 503",
     )
+    request_timeout: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="seconds a client has to send a whole request, headers and body, from its first "
+        "byte; a slower one gets 408 and is disconnected, freeing its max_concurrency slot",
+    )
 
 
 class PipelineConfig(_Frozen):

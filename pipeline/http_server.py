@@ -13,6 +13,9 @@ the stack trace, and answers 500 to a request without a Content-Type:
 - a request with more than ``max_reviews`` values gets 413; every review is cut to its last
   ``max_review_chars`` characters (the model keeps only its last ``max_len`` tokens anyway);
 - with ``max_concurrency`` requests already being read or scored, another gets 503 at once;
+- a request must arrive whole, headers and body, within ``request_timeout`` seconds of its first
+  byte (of the connection's opening, for its first request): a slower client gets 408 and its
+  connection is closed, which frees its slot (``RequestDeadline``; uvicorn waits forever);
 - a missing Content-Type means JSON;
 - every error body is ``{"error_code", "message"}``, the message short and without the input.
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import io
 import itertools
 import json
@@ -44,6 +48,8 @@ from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from pipeline.config import ServeConfig, flag
 from pipeline.signals import stop
@@ -92,6 +98,7 @@ def serve_model(model_path: str, cfg: ServeConfig) -> None:
         port=cfg.port,
         workers=cfg.workers,
         timeout_graceful_shutdown=10,
+        http="pipeline.http_server:RequestDeadline",  # by name: uvicorn's workers import it
     )
 
 
@@ -126,6 +133,71 @@ def compiled(model: Any) -> Any:
 
 
 # --- the limits ---------------------------------------------------------------------------------
+
+
+@functools.cache
+def _limits() -> ServeConfig:
+    """The limits ``serve_model`` handed this process (the defaults when it did not)."""
+    given = os.environ.get(LIMITS_VAR)
+    return ServeConfig.model_validate_json(given) if given else ServeConfig()
+
+
+class RequestDeadline(AutoHTTPProtocol):
+    """uvicorn's HTTP protocol, with ``request_timeout`` seconds for each request to arrive whole.
+
+    The clock starts when the connection opens (its first request) or when a later request's
+    first byte arrives, and stops when the request's last body byte is in. A client slower than
+    that gets 408 and its connection is closed, so ``Limits``, waiting on the body, reads a
+    disconnect and frees its slot: without it, 32 clients that send headers and stall hold every
+    slot for good (uvicorn bounds neither headers nor bodies in time). Idle keep-alive
+    connections are uvicorn's own ``timeout_keep_alive`` (5 s).
+    """
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._start_clock()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        cycle = self.cycle
+        if cycle is not None and not cycle.more_body and not cycle.response_complete:
+            self._stop_clock()  # arrived whole: scoring it may take what it takes
+        elif self._deadline is None:
+            self._start_clock()  # the first bytes of another request on this connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_clock()
+        super().connection_lost(exc)
+
+    def _start_clock(self) -> None:
+        self._deadline = self.loop.call_later(_limits().request_timeout, self._expire)
+
+    def _stop_clock(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        cycle, seconds = self.cycle, _limits().request_timeout
+        if not (cycle is not None and cycle.more_body and cycle.response_started):  # e.g. a 413 sent
+            self.transport.write(_timeout_response(seconds))
+        logging.getLogger("uvicorn.error").info(
+            "%s: request not received within %g s (request_timeout): connection closed",
+            ":".join(map(str, self.client or ("client",))),
+            seconds,
+        )
+        self.transport.close()
+
+
+def _timeout_response(seconds: float) -> bytes:
+    message = f"request not received within {seconds:g} s (request_timeout)"
+    body = json.dumps({"error_code": "REQUEST_TIMEOUT", "message": message}).encode()
+    head = f"HTTP/1.1 408 Request Timeout\r\ncontent-type: {JSON}\r\ncontent-length: {len(body)}\r\n"
+    return (head + "connection: close\r\n\r\n").encode("latin-1") + body
 
 
 class ClientGone(Exception):

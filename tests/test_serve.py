@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -150,6 +152,7 @@ def test_sentiment_serve_starts_the_scoring_server_for_the_champion(registered, 
 # --- limits: a server with small ones, and the hostile requests of the issue, scaled down ----------
 
 LIMITS = {"max_body_bytes": 65_536, "max_reviews": 50, "max_review_chars": 1000, "max_concurrency": 2}
+LIMITS |= {"request_timeout": 2}
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -323,3 +326,49 @@ def test_concurrent_requests_scored_together_each_get_their_own_answers(register
         assert status == 200, body[:300]
         scored = pd.DataFrame(json.loads(body)["predictions"])["probability"]
         np.testing.assert_allclose(scored, np.roll(expected, -i), atol=1e-6, rtol=0)
+
+
+def stalled_connections(url: str, count: int) -> list[socket.socket]:
+    """``count`` clients that start a request and stall: a third send their headers and one body
+    byte of 1,000, a third their headers and no body, a third half their headers."""
+    address = urlparse(url)
+    head = f"POST /invocations HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Type: application/json\r\n"
+    starts = [head + "Content-Length: 1000\r\n\r\n{", head + "Content-Length: 1000\r\n\r\n", head]
+    clients = []
+    for i in range(count):
+        client = socket.create_connection((address.hostname, address.port), timeout=30)
+        client.sendall(starts[i % 3].encode())
+        clients.append(client)
+    return clients
+
+
+def first_answer_after(url: str, payload: dict, bound: float) -> tuple[int, float]:
+    """(status, seconds) of the first non-503 answer to ``payload``, retried as Retry-After says."""
+    started = time.monotonic()
+    while True:
+        status, _ = post_json(f"{url}/invocations", payload, timeout=bound)
+        waited = time.monotonic() - started
+        if status != 503 or waited > bound:
+            return status, waited
+        time.sleep(0.2)
+
+
+@pytest.mark.integration
+def test_clients_that_stall_mid_request_get_408_and_free_their_slots(limited):
+    """32 clients that send headers (and a body byte, or none, or half the headers) and stall
+    take every slot; within request_timeout they get 408 and are dropped, and others get in."""
+    clients = stalled_connections(limited.url, 32)
+    try:
+        status, waited = first_answer_after(limited.url, {"inputs": ["Still answering?"]}, bound=15)
+        assert status == 200, f"{status} after {waited:.1f} s with 32 stalled clients"
+        assert waited < LIMITS["request_timeout"] + 5
+        answers = []
+        for client in clients:
+            client.settimeout(10)
+            answers.append(client.recv(4096))  # blocks until the server answers or closes
+        assert all(answer == b"" or answer.startswith((b"HTTP/1.1 408", b"HTTP/1.1 503")) for answer in answers)
+        timed_out = [answer for answer in answers if answer.startswith(b"HTTP/1.1 408")]
+        assert len(timed_out) >= 10 and all(b"request_timeout" in answer for answer in timed_out)
+    finally:
+        for client in clients:
+            client.close()
