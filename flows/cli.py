@@ -197,7 +197,11 @@ def schedule(
     Trigger one now: prefect deployment run 'imdb-sentiment-training/scheduled-retraining'.
     """
     from flows.deploy import retraining_deployment, serve_retraining
+    from pipeline.stores import password_environment
 
+    # The deployment's parameters hold store URIs without their passwords: its flow runs, here or
+    # in processes started from here, take them from this environment.
+    os.environ.update(password_environment(cfg))
     serve_retraining(retraining_deployment(cfg, name, cron, timezone, mlflow_ui_url))
 
 

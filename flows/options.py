@@ -42,6 +42,7 @@ from pipeline.config import (
     flag,
     load_config,
 )
+from pipeline.secrets import RedactingFormatter, redact
 from pipeline.signals import stop_on_signals
 
 PANELS = {
@@ -194,7 +195,7 @@ def config_options(*sections: str, hparams: bool = False) -> Callable[[Callable]
 
 
 def fail(message: str, code: int = 1) -> typing.NoReturn:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {redact(message)}", err=True)
     raise typer.Exit(code)
 
 
@@ -229,7 +230,7 @@ def configure_output(verbose: bool) -> None:
     library = logging.getLogger("pipeline")
     if not any(isinstance(handler, _Stderr) for handler in library.handlers):
         handler = _Stderr()
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(RedactingFormatter(logging.Formatter("%(message)s")))
         library.addHandler(handler)
     library.setLevel(logging.INFO)
     library.propagate = False
@@ -243,7 +244,7 @@ def _log_to_file() -> None:
         handler = RotatingFileHandler(LOG_FILE, maxBytes=5 * 2**20, backupCount=2)
     except OSError:  # a read-only checkout: tracebacks only with --verbose then
         return
-    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"))
+    handler.setFormatter(RedactingFormatter(logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")))
     _details.addHandler(handler)
     _details.setLevel(logging.INFO)
     _details.propagate = False
@@ -282,7 +283,7 @@ def guarded(work: Callable[[], T], verbose: bool) -> T:
             raise
         _details.error("%s", error, exc_info=True)
         if verbose:
-            traceback.print_exc()
+            typer.echo(redact(traceback.format_exc()), err=True)
         code = 2 if isinstance(error, ConfigError) else 1  # a setting to change (StudyMismatch too)
         fail(getattr(error, "message", None) or str(error), code=code)
 

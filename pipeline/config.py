@@ -15,10 +15,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, ValidationError, field_validator
 from pydantic.fields import FieldInfo
+
+from pipeline.secrets import redact
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,6 +44,8 @@ Cell = Literal["simple_rnn", "lstm", "gru"]
 Optimizer = Literal["rmsprop", "adam"]
 Monitor = Literal["val_accuracy", "val_loss"]
 Pooling = Literal["last", "max_mean"]
+# A store URI: serialised (MLflow params, Prefect parameters, ``config show``) without its password.
+StoreUri = Annotated[str | None, PlainSerializer(lambda uri: uri and redact(uri), when_used="json")]
 Selection = Literal["best", "cheapest_within_1se"]
 CELLS: tuple[Cell, ...] = Cell.__args__
 # XLA compiles each batch shape once (~2 s per shape, ~10 shapes a model); it pays back through
@@ -150,7 +154,7 @@ class SearchConfig(_Frozen):
     study_name: str = Field(
         "imdb-sentiment", min_length=1, description="Optuna study name; an existing study resumes"
     )
-    storage: str | None = Field(
+    storage: StoreUri = Field(
         None,
         description="Optuna storage URL (default: optuna.db beside the embedded MLflow store; "
         "required with any other tracking store)",
@@ -191,12 +195,12 @@ class SearchConfig(_Frozen):
 
 
 class TrackingConfig(_Frozen):
-    tracking_uri: str | None = Field(
+    tracking_uri: StoreUri = Field(
         None,
         description="MLflow tracking URI, also the registry's (default: the embedded store "
         "mlruns/mlflow.db in the repository; MLFLOW_TRACKING_URI is read too)",
     )
-    artifact_root: str | None = Field(
+    artifact_root: StoreUri = Field(
         None,
         description="where new experiments keep artifacts (default: artifacts/ beside the embedded "
         "store; the server's choice with a tracking server)",
@@ -267,7 +271,11 @@ SECTIONS: dict[str, type[BaseModel]] = {
 
 
 class ConfigError(ValueError):
-    """An invalid setting; the message names the field (``data.vocab_size``) and where it came from."""
+    """An invalid setting; the message names the field (``data.vocab_size``) and where it came from
+    (a store URI in it without its password)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 # --- names: one per setting, derived from the field ------------------------------------------

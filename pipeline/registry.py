@@ -35,6 +35,7 @@ from scipy.stats import binomtest
 from pipeline.config import HParams, PipelineConfig, TrackingConfig
 from pipeline.evaluate import THRESHOLD
 from pipeline.predict import scorer_for
+from pipeline.secrets import redact
 from pipeline.stores import Stores, mlflow_global_uri
 from pipeline.tracking import param_value
 
@@ -559,7 +560,7 @@ def _usage(uri: str, tracking_uri: str) -> str:
 Python (any environment with mlflow, keras and tensorflow):
 ```python
 import mlflow, pandas as pd
-mlflow.set_tracking_uri("{tracking_uri}")  # the store holding the model
+mlflow.set_tracking_uri("{redact(tracking_uri)}")  # the store holding the model
 model = mlflow.pyfunc.load_model("{uri}")
 model.predict(pd.DataFrame({{"text": ["A wonderful film.", "Dull and far too long."]}}))
 # → DataFrame(probability, label)

@@ -45,6 +45,7 @@ from pipeline.data import PreparedData, Split, prepare
 from pipeline.liveness import here, is_gone, repeating
 from pipeline.model import multiply_adds_per_token
 from pipeline.progress import Progress
+from pipeline.secrets import redact
 from pipeline.signals import raise_on_signals
 from pipeline.stores import database_pool, is_transient
 from pipeline.train import EpochMetrics, train_model
@@ -62,7 +63,10 @@ class TrialTracker(Protocol):
 
 
 class SearchError(RuntimeError):
-    """The search produced no usable trial."""
+    """The search produced no usable trial (the study storage named without its password)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 class StudyMismatch(ConfigError):

@@ -43,6 +43,7 @@ from pipeline.evaluate import (
     roc_figure,
 )
 from pipeline.model import PRESETS, average_models, inference_copy
+from pipeline.secrets import redact
 from pipeline.serve import pyfunc_spec
 from pipeline.stores import Stores, resolve
 from pipeline.train import (
@@ -224,7 +225,7 @@ def pipeline_run(
     to) as dotted params, the dataset as the run's input, beating a heartbeat. Parent runs of the
     same study left RUNNING by a killed process (on this machine, or silent for three beats on
     another) are closed KILLED first."""
-    params, places = _place_params(cfg.flat_params() | {"tracking.tracking_uri": stores.tracking_uri})
+    params, places = _place_params(cfg.flat_params() | {"tracking.tracking_uri": redact(stores.tracking_uri)})
     study = {"optuna_study": cfg.search.study_name}
     beat = cfg.search.heartbeat_seconds  # as the study's trials: three silent beats mean dead
     tracking.close_dead_runs(stores, cfg.tracking.experiment_name, study, silent_for=3 * beat)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import STATE_ROOT, PipelineConfig, env_var, flag
+from pipeline.secrets import is_redacted, redact
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -39,7 +40,11 @@ LOCAL_UI = "http://127.0.0.1:5000"
 
 
 class StoreError(RuntimeError):
-    """A store that cannot be used as configured; the message names the setting to change."""
+    """A store that cannot be used as configured; the message names the setting to change, and
+    the store's URI without its password."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,7 @@ class Stores:
     def ui_url(self) -> str:
         """Where people browse the runs: the tracking server itself, else a local ``mlflow ui``."""
         return (
-            self.tracking_uri.rstrip("/")
+            redact(self.tracking_uri.rstrip("/"))
             if self.tracking_uri.startswith(("http://", "https://"))
             else LOCAL_UI
         )
@@ -305,12 +310,13 @@ def resolve(cfg: PipelineConfig) -> Stores:
     """
     for name, value in _MLFLOW_HTTP.items():
         os.environ.setdefault(name, value)
-    tracking_uri = _absolute_sqlite(cfg.tracking.tracking_uri or f"{_SQLITE}{DEFAULT_STORE / 'mlflow.db'}")
+    given = _with_passwords(cfg)
+    tracking_uri = _absolute_sqlite(given["tracking.tracking_uri"] or f"{_SQLITE}{DEFAULT_STORE / 'mlflow.db'}")
     local_folder = (
         Path(tracking_uri.removeprefix(_SQLITE)).parent if tracking_uri.startswith(_SQLITE) else None
     )
-    artifact_root = cfg.tracking.artifact_root
-    study_storage = cfg.search.storage and _absolute_sqlite(cfg.search.storage)
+    artifact_root = given["tracking.artifact_root"]
+    study_storage = given["search.storage"] and _absolute_sqlite(given["search.storage"])
     if local_folder is not None:
         _make_folder("MLflow tracking store", tracking_uri, local_folder)
         artifact_root = artifact_root or (local_folder / "artifacts").as_uri()
@@ -318,6 +324,43 @@ def resolve(cfg: PipelineConfig) -> Stores:
     if study_storage is not None and study_storage.startswith(_SQLITE):
         _make_folder("Optuna study storage", study_storage, Path(study_storage.removeprefix(_SQLITE)).parent)
     return Stores(tracking_uri, tracking_uri, artifact_root, study_storage)
+
+
+# The store settings, and the environment variables that may hold each (``load_config``'s sources).
+STORE_FIELDS = {
+    "tracking.tracking_uri": (env_var("tracking.tracking_uri"), "MLFLOW_TRACKING_URI"),
+    "tracking.artifact_root": (env_var("tracking.artifact_root"),),
+    "search.storage": (env_var("search.storage"),),
+}
+
+
+def _with_passwords(cfg: PipelineConfig) -> dict[str, str | None]:
+    """The store URIs of ``cfg``; one that arrived redacted (a deployment's or a work pool's
+    parameters, which never hold a password) is taken from this process's environment, where
+    the same URI with its password must be. Raises StoreError naming the variable to set."""
+    section = {"tracking": cfg.tracking, "search": cfg.search}
+    given: dict[str, str | None] = {}
+    for dotted, variables in STORE_FIELDS.items():
+        part, name = dotted.split(".")
+        uri = getattr(section[part], name)
+        if uri is not None and is_redacted(uri):
+            found = [os.environ[v] for v in variables if v in os.environ and redact(os.environ[v]) == uri]
+            if not found:
+                raise StoreError(
+                    f"{dotted} {uri}: passwords are never recorded in parameters; give this process "
+                    f"the URI with its password in {variables[0]}"
+                )
+            uri = found[0]
+        given[dotted] = uri
+    return given
+
+
+def password_environment(cfg: PipelineConfig) -> dict[str, str]:
+    """The store URIs of ``cfg`` that hold a password, by the environment variable that gives them:
+    for the processes a command starts (a deployment's flow runs), whose parameters hold them
+    redacted."""
+    given = _with_passwords(cfg)
+    return {STORE_FIELDS[d][0]: uri for d, uri in given.items() if uri is not None and redact(uri) != uri}
 
 
 def preflight(cfg: PipelineConfig, study: bool = True) -> Stores:

@@ -27,6 +27,7 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
 from pipeline.liveness import here, is_gone, repeating
+from pipeline.secrets import redact, redact_value
 from pipeline.stores import Stores, mlflow_global_uri
 
 # MLflow 3.17's UI picks an experiment's layout from this tag: without it a new experiment opens on
@@ -56,8 +57,11 @@ class RunHandle:
     ended: bool = field(default=False, compare=False)
     last_step: int = field(default=0, compare=False)  # the highest metric step logged (epochs)
 
+    # Every param, tag, description and text this handle writes is redacted (``secrets``): a
+    # store URI's password never reaches a run, whichever stage's values carry it.
+
     def log_params(self, params: Mapping[str, Any]) -> None:
-        items = [Param(key, param_value(value)) for key, value in params.items()]
+        items = [Param(key, param_value(redact_value(value))) for key, value in params.items()]
         for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             self.client.log_batch(self.run_id, params=items[start : start + 100])
 
@@ -73,13 +77,13 @@ class RunHandle:
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, str(value))
+            self.client.set_tag(self.run_id, key, redact(str(value)))
 
     def log_figure(self, figure, path: str) -> None:
         self.client.log_figure(self.run_id, figure, path)
 
     def log_dict(self, value: Mapping[str, Any], path: str) -> None:
-        self.client.log_dict(self.run_id, dict(value), path)
+        self.client.log_dict(self.run_id, json.loads(redact(json.dumps(dict(value), default=str))), path)
 
     def history(self, keys: list[str]) -> dict[str, list[float]]:
         """key → its logged values in step order, for the keys this run has (epoch curves)."""
@@ -96,11 +100,11 @@ class RunHandle:
         self.client.log_table(self.run_id, data=table, artifact_file=path)
 
     def log_text(self, text: str, path: str) -> None:
-        self.client.log_text(self.run_id, text, path)
+        self.client.log_text(self.run_id, redact(text), path)
 
     def describe(self, markdown: str) -> None:
         """The run's description: the text the run page shows at its top."""
-        self.client.set_tag(self.run_id, MLFLOW_RUN_NOTE, markdown)
+        self.client.set_tag(self.run_id, MLFLOW_RUN_NOTE, redact(markdown))
 
     def log_artifacts(self, folder: str, path: str) -> None:
         self.client.log_artifacts(self.run_id, folder, path)
@@ -258,7 +262,8 @@ def open_run(
     exp_id = experiment_id(client, stores, experiment_name)
     # MLflow's own context tags (source, user), as its fluent start_run sets them, and the commit.
     context = resolve_tags() | _git_commit()
-    run = client.create_run(exp_id, run_name=run_name, tags={**context, MLFLOW_RUN_NAME: run_name, **tags})
+    tags = {key: redact(str(value)) for key, value in {**context, MLFLOW_RUN_NAME: run_name, **tags}.items()}
+    run = client.create_run(exp_id, run_name=run_name, tags=tags)
     handle = RunHandle(client, run.info.run_id, exp_id, stores)
     try:
         yield handle
