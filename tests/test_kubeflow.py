@@ -179,27 +179,30 @@ def test_cli_compiles_and_an_unreachable_kfp_api_is_one_line(tmp_path):
 # --- the image ------------------------------------------------------------------------------
 
 
-def test_dockerfile_installs_the_pinned_project_and_runs_sentiment():
-    """Read, not built: there is no Docker engine here (`make image` builds it where one runs)."""
+def test_dockerfile_installs_the_locked_project_and_runs_sentiment():
+    """Read here; built and run by tests/test_containers.py where a Docker engine runs."""
     dockerfile = (PROJECT_ROOT / "Dockerfile").read_text()
     project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
     lines = [line.strip() for line in dockerfile.splitlines() if line.strip() and not line.startswith("#")]
 
-    # The pins are pyproject.toml's: the image installs the project from the copied file, with the
-    # extra the components need, and pins nothing of its own.
-    assert "COPY pyproject.toml README.md ./" in lines
-    assert re.search(r'pip install "\.\[kubeflow\]"', dockerfile)
+    # The versions are the lock's (the file CI's venv installs too), the requirements pyproject.toml's
+    # with the extra the components need; the Dockerfile pins nothing of its own.
+    assert "PIP_CONSTRAINT=/tmp/build/constraints.txt" in dockerfile
+    assert any(line.startswith("COPY pyproject.toml requirements/constraints.txt") for line in lines)
+    assert "p['optional-dependencies']['kubeflow']" in dockerfile
+    assert "-c $(LOCK)" in (PROJECT_ROOT / "Makefile").read_text()
     assert not re.search(r"pip install[^\n]*==", dockerfile)
     assert "kubeflow" in project["optional-dependencies"]
-    # Python as pyproject.toml requires it, slim, in both stages.
+    # Python as pyproject.toml requires it, the base a build argument, in both stages.
     assert "ARG PYTHON_IMAGE=python:3.11-slim-bookworm" in lines
     assert project["requires-python"] == ">=3.11,<3.12"
     assert dockerfile.count("FROM ${PYTHON_IMAGE}") == 2
-    # The final stage: the environment alone, a non-root user, the `sentiment` command.
+    # The final stage: the environment and the configs, a non-root user, the `sentiment` command,
+    # and neither build tools nor the CA bundle the build stage was given.
     final = dockerfile.split("FROM ${PYTHON_IMAGE}\n")[-1]
     assert "COPY --from=build /opt/venv /opt/venv" in final
-    assert not re.search(r"apt-get|gcc|build-essential|pip install", final)
-    assert "USER app" in final
+    assert not re.search(r"apt-get|gcc|build-essential|pip install|extra-ca|/tmp/build", final)
+    assert "USER app" in final and "SENTIMENT_HOME=/home/app/.imdb-sentiment" in final
     assert final.strip().splitlines()[-2:] == ['ENTRYPOINT ["sentiment"]', 'CMD ["--help"]']
     assert project["scripts"]["sentiment"] == "flows.cli:app"
     ignored = (PROJECT_ROOT / ".dockerignore").read_text().split()
