@@ -48,6 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import urlparse
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
@@ -691,3 +692,52 @@ def post_json(url: str, body: bytes | dict[str, Any], timeout: float = 120.0) ->
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"{}")
+
+
+def stalled_connections(url: str, count: int, half_headers: int = 0) -> list[socket.socket]:
+    """``count`` clients that send a request's headers and then stall, every other one after one
+    body byte of 1,000 (each holds a ``max_concurrency`` slot, or gets 503), and ``half_headers``
+    more that stall halfway through their headers."""
+    address = urlparse(url)
+    head = f"POST /invocations HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Type: application/json\r\n"
+    whole = [head + "Content-Length: 1000\r\n\r\n{", head + "Content-Length: 1000\r\n\r\n"]
+    starts = [whole[i % 2] for i in range(count)] + [head] * half_headers
+    clients = []
+    for start in starts:
+        client = socket.create_connection((address.hostname, address.port), timeout=30)
+        client.sendall(start.encode())
+        clients.append(client)
+    return clients
+
+
+def first_answer_after(url: str, payload: dict, bound: float) -> tuple[int, float, int]:
+    """(status, seconds, attempts) of the first answer to ``payload`` that is not a 503, asked
+    every 0.2 s for at most about ``bound`` seconds (then the last 503)."""
+    started, attempts = time.monotonic(), 0
+    while True:
+        status, _ = post_json(f"{url}/invocations", payload, timeout=bound)
+        attempts, waited = attempts + 1, time.monotonic() - started
+        if status != 503 or waited > bound:
+            return status, waited, attempts
+        time.sleep(0.2)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of ``pid`` and every process below it (uvicorn's workers), in KiB."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # the field after the name
+        except (OSError, ValueError):  # gone meanwhile
+            continue
+        parents.setdefault(parent, []).append(int(stat.parent.name))
+    tree, pending = [pid], [pid]
+    while pending:
+        children = parents.get(pending.pop(), [])
+        tree += children
+        pending += children
+    total = 0
+    for member in tree:
+        status = Path(f"/proc/{member}/status").read_text()
+        total += int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
+    return total
