@@ -167,7 +167,7 @@ def train(
     cfg, hparams = chosen_hparams(cfg, preset, best_of, hparams_overrides)
     preflight(cfg, study=False)
     with prefect_api():
-        print_result(train_flow(cfg, hparams, f"train-{preset or best_of}", register), as_json)
+        print_result(train_flow(cfg, hparams, f"train-{preset or best_of}", register, best_of), as_json)
 
 
 @app.command()

@@ -35,7 +35,7 @@ from flows.tasks import (
 from pipeline.config import HParams, PipelineConfig
 from pipeline.data import PreparedData
 from pipeline.registry import ChampionCheck
-from pipeline.search import SearchResult, WorkerResult
+from pipeline.search import SearchResult, WorkerResult, check_study
 from pipeline.stages import RunSummary, pipeline_run, summarize
 from pipeline.stores import preflight
 from pipeline.tracking import RunHandle
@@ -85,12 +85,19 @@ def training_flow(
 
 @flow(name="imdb-sentiment-train-one")
 def train_flow(
-    config: PipelineConfig, hparams: HParams, run_name: str, to_registry: bool = False
+    config: PipelineConfig,
+    hparams: HParams,
+    run_name: str,
+    to_registry: bool = False,
+    best_of: str | None = None,
 ) -> RunSummary:
     """Train, evaluate and log one given configuration; register it (and promote it if it beats
-    the champion) when ``to_registry``."""
-    stores = preflight(config, study=False)
+    the champion) when ``to_registry``. ``best_of`` names the study ``hparams`` come from: one made
+    for other data or another search space is refused before any run is opened."""
+    stores = preflight(config, study=best_of is not None)
     data = prepare(config.data)
+    if best_of is not None:
+        check_study(config, stores.study_storage, data.digest)
     with pipeline_run(stores, config, data, run_name) as run:
         return _train_to_registry(hparams, data, config, run, to_registry)
 

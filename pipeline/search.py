@@ -24,7 +24,7 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -211,7 +211,25 @@ def claim_study(study: optuna.Study, cfg: PipelineConfig, data_digest: str, **re
     if stored is None:
         mine.write(study)
         return mine
-    name = study.study_name
+    _refuse_mismatch(study.study_name, stored, mine)
+    return stored
+
+
+def check_study(cfg: PipelineConfig, storage: str, data_digest: str) -> None:
+    """What ``sentiment train --best-of`` asks before it trains a study's best: raises
+    StudyMismatch, as a joining worker would, when the study ``search.study_name`` is missing or
+    was made for other data or another search space."""
+    study = load_study(cfg, storage)
+    try:
+        stored = StudyRecord.of(study)
+        if stored is not None:
+            _refuse_mismatch(study.study_name, stored, StudyRecord(data_digest, search_space(cfg)))
+    finally:
+        _close(study)
+
+
+def _refuse_mismatch(name: str, stored: StudyRecord, mine: StudyRecord) -> None:
+    data_digest = mine.data_digest
     if stored.data_digest != data_digest:
         raise StudyMismatch(
             f"study '{name}' was made for dataset {stored.data_digest[:12]}, this process has "
@@ -224,7 +242,6 @@ def claim_study(study: optuna.Study, cfg: PipelineConfig, data_digest: str, **re
             f"study '{name}' was made with another search space ({differs}): use the study's "
             f"settings, or another {flag('search.study_name')}"
         )
-    return stored
 
 
 def own_study(
@@ -372,11 +389,16 @@ def run_search(
     study = create_study(cfg, storage, trial_tracker=trial_tracker)
     target = own_study(study, cfg, data.digest, invocation, **record).trials_target
     reap_dead_trials(study)
-    with _watch(study, target - _finished(study)):
+    trials_data = trial_data(data, cfg.search)
+
+    def search_here() -> None:
         if cfg.search.workers == 1:
-            _optimize(study, trial_data(data, cfg.search), cfg, trial_tracker, target)
+            _optimize(study, trials_data, cfg, trial_tracker, target)
         else:
             _optimize_in_workers(cfg, storage, trial_tracker, target)
+
+    with _watch(study, target - _finished(study)):
+        _until_target(study, target, cfg.search, search_here)
     _fail_stale(study)
     try:
         # Reads the storage: workers' trials too.
@@ -406,14 +428,19 @@ def join_study(
             f"study '{study.study_name}' has no trial target: it was not made by `sentiment study create`"
         )
     worker = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"  # this invocation's trials
-    with _watch(study, max(0, record.trials_target - _finished(study))):
+    target, trials_data = record.trials_target, trial_data(data, cfg.search)
+
+    def search_here() -> None:
+        if cfg.search.workers == 1:
+            _optimize(study, trials_data, cfg, trial_tracker, target, worker)
+        else:
+            _optimize_in_workers(cfg, storage, trial_tracker, target, worker, seed)
+
+    with _watch(study, max(0, target - _finished(study))):
         for attempt in range(1, _REJOINS + 1):
             try:
                 reap_dead_trials(study)
-                if cfg.search.workers == 1:
-                    _optimize(study, trial_data(data, cfg.search), cfg, trial_tracker, record.trials_target, worker)
-                else:
-                    _optimize_in_workers(cfg, storage, trial_tracker, record.trials_target, worker, seed)
+                _until_target(study, target, cfg.search, search_here)
                 break
             except Exception as error:
                 if not _rejoinable(error) or attempt == _REJOINS:
@@ -492,6 +519,39 @@ def _finished(study: optuna.Study) -> int:
 
 def _counts(study: optuna.Study) -> dict[TrialState, int]:
     return {state: len(study.get_trials(deepcopy=False, states=(state,))) for state in TrialState}
+
+
+def _until_target(study: optuna.Study, target: int, cfg: SearchConfig, search_here: Callable[[], None]) -> None:
+    """Run ``search_here`` (trials in this process or its workers) until the study reaches
+    ``target``, waiting between rounds for the trials running elsewhere.
+
+    A worker stops starting trials once those finished and those running elsewhere reach the
+    target; if one of those dies (its container killed), it is failed (at once on this machine,
+    after its heartbeat grace elsewhere) and its retry queued: a survivor must run it, or the
+    study ends one trial short with the retry left WAITING. Ends when the target is reached,
+    when nothing runs or waits (every trial failed: the failure limit stopped it), or when
+    ``search.timeout`` has passed."""
+    deadline = None if cfg.timeout is None else time.monotonic() + cfg.timeout
+    poll = min(5.0, float(cfg.heartbeat_seconds))
+    waiting_logged = False
+    while True:
+        search_here()
+        while True:
+            _fail_stale(study)
+            if _finished(study) >= target or (deadline is not None and time.monotonic() >= deadline):
+                return
+            if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                break  # a dead trial's retry (or one enqueued by hand): run it here
+            running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+            if running == 0:
+                return
+            if not waiting_logged:
+                log.info(
+                    "search: %d trial(s) running elsewhere; waiting for them (one whose process died "
+                    "is retried here, within %d s)", running, 3 * cfg.heartbeat_seconds,
+                )  # fmt: skip
+                waiting_logged = True
+            time.sleep(poll)
 
 
 def _fail_stale(study: optuna.Study) -> None:

@@ -308,3 +308,23 @@ def test_without_a_companion_the_champion_is_the_rnn_alone(prefect_api, tmp_path
     run = _client(cfg).get_run(summary.run_id)
     assert summary.model_kind == run.data.tags["model_kind"] == "rnn"
     assert not any(name.startswith(("bigrams/", "blend/")) for name in run.data.metrics)
+
+
+def test_train_best_of_a_study_made_for_other_data_options_is_refused_and_opens_no_run(first_run):
+    """Issue 22: `train --best-of` trained a study's best on other data options without a word,
+    where `worker` refuses; it now refuses with the worker's message, before any run is opened."""
+    from flows.training import train_flow
+    from pipeline.search import StudyMismatch, best_hparams
+    from pipeline.stores import resolve
+
+    cfg, _ = first_run
+    other = cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_len": 120})})
+    client = _client(cfg)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment_name)
+    runs_before = len(client.search_runs([experiment.experiment_id]))
+    hparams = best_hparams("flow-test", resolve(cfg).study_storage)
+
+    with pytest.raises(StudyMismatch, match=r"study 'flow-test' was made with another search space \(data.max_len: study 200, here 120"):
+        train_flow(other, hparams, "train-flow-test", True, best_of="flow-test")
+
+    assert len(client.search_runs([experiment.experiment_id])) == runs_before

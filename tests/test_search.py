@@ -350,3 +350,25 @@ def test_a_worker_whose_trial_another_failed_rejoins(tmp_path):
         study.optimize(failed_by_a_neighbour, n_trials=1)
     assert _rejoinable(raised.value)
     assert not _rejoinable(ValueError("a bug"))
+
+
+def test_a_survivor_runs_the_retry_of_a_trial_that_died_elsewhere(tiny):
+    """Issue 22: one of two workers was killed mid-trial; the survivor stopped at 7 of 8 because
+    the dead trial still counted as running, and left its retry WAITING. The survivor now waits
+    for the trials running elsewhere and runs the retry of the one that died."""
+    cfg, data = tiny
+    cfg = with_search(cfg, study_name="survivor", heartbeat_seconds=1, trials=2, epochs=1)
+    study = create_study(cfg, cfg.search.storage)
+    lost = study.ask()  # a worker on another machine, killed mid-trial: its heartbeat stops
+    suggest_hparams(lost, cfg.search)
+    for name, value in {"host": "another-machine", "pid": 1, "pid_started": 0.0}.items():
+        lost.set_user_attr(name, value)
+    study._storage.record_heartbeat(lost._trial_id)
+
+    result = run_search(data, cfg, cfg.search.storage)
+
+    trials = optuna.load_study(study_name="survivor", storage=cfg.search.storage).trials
+    assert result.complete + result.pruned == 2  # the target, reached with the worker left
+    assert trials[0].state == TrialState.FAIL
+    assert sorted(t.state.name for t in trials[1:]) == ["COMPLETE", "COMPLETE"]  # its own and the retry
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
