@@ -28,12 +28,25 @@ Record = dict[str, Any]
 Scorer = Callable[[Sequence[str]], pd.DataFrame]
 
 
+def model_folder(stores: Stores, model_uri: str) -> str:
+    """A local folder holding the model at ``model_uri`` (``Stores.download_model``), the tracking
+    store checked first: a dead or unwritable one raises StoreError in the one line ``run`` gives
+    (``MLflow tracking store …: cannot connect (…)``), not MLflow's urllib3 retry text.
+
+    Raises MlflowException when the model does not exist.
+    """
+    if not Path(model_uri).exists():
+        stores.check(study=False)
+    return stores.download_model(model_uri)
+
+
 def scorer_for(stores: Stores, model_uri: str) -> Scorer:
     """``score(texts) → DataFrame(probability, label)`` of the model at ``model_uri`` in ``stores``.
 
-    Raises MlflowException when the model cannot be found or loaded.
+    Raises StoreError when the tracking store cannot be reached, MlflowException when the model
+    cannot be found or loaded.
     """
-    return load_scorer(stores.download_model(model_uri))
+    return load_scorer(model_folder(stores, model_uri))
 
 
 def file_format(path: Path) -> str:

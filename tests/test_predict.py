@@ -155,3 +155,27 @@ def test_a_missing_input_fails_in_one_line_before_the_model_is_loaded(registered
     assert result.exit_code == 1
     assert result.output.strip() == f"error: input not found: {missing}"  # not the unknown model
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("command", ["predict", "serve"])
+def test_a_dead_tracking_server_is_one_line_naming_the_store(command, tmp_path):
+    """Issue 24: ``predict`` and ``serve`` printed urllib3's ~350-character retry text."""
+    from pipeline.http_server import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"  # bound and let go: nothing listens there
+    source = tmp_path / "reviews.csv"
+    source.write_text("text\nfine\n")
+    options = ["--input", str(source)] if command == "predict" else ["--port", str(free_port())]
+    sentiment = str(Path(sys.executable).parent / "sentiment")
+    for verbose in ([], ["--verbose"]):
+        done = subprocess.run(
+            [sentiment, command, "--tracking-uri", dead, *options, *verbose],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 1, done.stderr[-2000:]
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"error: MLflow tracking store {dead}: cannot connect"), done.stderr[-2000:]
+        assert "HTTPConnectionPool" not in last and len(last) < 200
+        assert ("Traceback" in done.stderr) == bool(verbose), done.stderr[-2000:]
