@@ -82,12 +82,13 @@ def run(cfg, force: Force = False, dispatch: Dispatch = Where.local, as_json: Js
     """
     from pipeline.stores import preflight
 
-    preflight(cfg)  # a missing dataset or a dead store: one line in seconds, before heavy imports
+    stores = preflight(cfg)  # a missing dataset or a dead store: one line in seconds, before heavy imports
     if dispatch is Where.pool and not os.environ.get("PREFECT_API_URL"):
         fail("--dispatch pool needs the Prefect server the work pool's workers poll: set PREFECT_API_URL", code=2)
     from flows.prefect_api import prefect_api
-    from flows.training import training_flow
+    from flows.training import check_study, training_flow
 
+    check_study(cfg, stores.study_storage)  # another search space: refused before Prefect starts
     with prefect_api():
         print_result(training_flow(config=cfg, force=force, dispatch=dispatch.value), as_json)
 

@@ -64,6 +64,7 @@ def training_flow(
     deployment on its work pool (``flows/dispatch.py``), all joining this run's study.
     """
     stores = preflight(config)
+    check_study(config, stores.study_storage)  # another search space: refused before any work
     data = prepare(config.data)
     check = check_champion(stores, config, data)
     if check.unchanged and not force:

@@ -12,12 +12,22 @@ Precedence, highest first: command-line option > environment variable > config f
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
 from pipeline.secrets import redact
@@ -151,8 +161,11 @@ class TrainConfig(_Frozen):
 class SearchConfig(_Frozen):
     trials: int = Field(6, ge=1, description="Optuna trials to run in this invocation")
     timeout: float | None = Field(None, gt=0, description="time budget for the whole search, in seconds")
-    study_name: str = Field(
-        "imdb-sentiment", min_length=1, description="Optuna study name; an existing study resumes"
+    study_name: str | None = Field(
+        None,
+        min_length=1,
+        description="Optuna study name; an existing study resumes (default: imdb-sentiment-<8 hex "
+        "digits of the search space and trial settings>, so two profiles never share a study)",
     )
     storage: StoreUri = Field(
         None,
@@ -252,12 +265,36 @@ class ServeConfig(_Frozen):
     )
 
 
+# Settings that change what a trial's value means: trials made under other ones do not compare, so a
+# study's record holds them (pipeline/search.py) and the default study name is derived from them.
+# The data settings too: the same archive prepared otherwise is other data.
+STUDY_SETTINGS: dict[str, set[str]] = {
+    "data": {"vocab_size", "max_len", "val_fraction", "seed", "limit"},
+    "search": {"epochs", "subset", "max_len", "pruner"},
+    "train": {"batch_size", "patience", "monitor", "buckets"},
+}
+# What else draws the search space (``search.suggest_hparams``): in the default name's digest too.
+_SPACE_SETTINGS = {"search": {"cells", "bidirectional"}}
+
+
 class PipelineConfig(_Frozen):
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     search: SearchConfig = SearchConfig()
     tracking: TrackingConfig = TrackingConfig()
     serve: ServeConfig = ServeConfig()
+
+    @model_validator(mode="after")
+    def _default_study_name(self) -> PipelineConfig:
+        """The sample profile and the full-data one used to share the study ``imdb-sentiment``:
+        the second `sentiment run` of the README was refused (another search space). The default
+        name now follows what a study's record compares, so it can only resume a study it fits."""
+        if self.search.study_name is None:
+            include = {k: STUDY_SETTINGS.get(k, set()) | _SPACE_SETTINGS.get(k, set()) for k in STUDY_SETTINGS}
+            settings = json.dumps(self.model_dump(mode="json", include=include), sort_keys=True)
+            name = f"imdb-sentiment-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
+            object.__setattr__(self, "search", self.search.model_copy(update={"study_name": name}))
+        return self
 
     def flat_params(self) -> dict[str, Any]:
         """Dotted keys (``data.max_len``) for logging the config as MLflow params: what a run

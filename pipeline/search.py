@@ -40,7 +40,16 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 from optuna_integration import KerasPruningCallback
 
-from pipeline.config import ConfigError, HParams, PipelineConfig, SearchConfig, Selection, flag, run_params
+from pipeline.config import (
+    STUDY_SETTINGS,
+    ConfigError,
+    HParams,
+    PipelineConfig,
+    SearchConfig,
+    Selection,
+    flag,
+    run_params,
+)
 from pipeline.data import PreparedData, Split, prepare
 from pipeline.liveness import here, is_gone, repeating
 from pipeline.model import multiply_adds_per_token
@@ -144,13 +153,6 @@ def suggest_hparams(trial: optuna.Trial, cfg: SearchConfig) -> HParams:
     )
 
 
-# Settings that change what a trial's value means: trials made under other ones do not compare.
-# The data settings too: the same archive prepared otherwise is other data.
-_TRIAL_SETTINGS = {
-    "data": {"vocab_size", "max_len", "val_fraction", "seed", "limit"},
-    "search": {"epochs", "subset", "max_len", "pruner"},
-    "train": {"batch_size", "patience", "monitor", "buckets"},
-}
 
 
 def search_space(cfg: PipelineConfig) -> dict[str, Any]:
@@ -166,7 +168,7 @@ def search_space(cfg: PipelineConfig) -> dict[str, Any]:
         optuna_logger.setLevel(level)
     suggest_hparams(probe, cfg.search)
     space = {name: json.loads(distribution_to_json(d)) for name, d in sorted(probe.distributions.items())}
-    settings = cfg.model_dump(mode="json", include=_TRIAL_SETTINGS)
+    settings = cfg.model_dump(mode="json", include=STUDY_SETTINGS)
     return {"distributions": space, **settings}
 
 
@@ -215,17 +217,23 @@ def claim_study(study: optuna.Study, cfg: PipelineConfig, data_digest: str, **re
     return stored
 
 
-def check_study(cfg: PipelineConfig, storage: str, data_digest: str) -> None:
-    """What ``sentiment train --best-of`` asks before it trains a study's best: raises
-    StudyMismatch, as a joining worker would, when the study ``search.study_name`` is missing or
-    was made for other data or another search space."""
-    study = load_study(cfg, storage)
+def check_study(cfg: PipelineConfig, storage: str, data_digest: str | None = None) -> None:
+    """Whether the study ``search.study_name``, if it exists, fits this config: raises
+    StudyMismatch, with a joining worker's message, when it was made with another search space
+    or (given ``data_digest``) for other data. Needs no data without ``data_digest``, so
+    `sentiment run` refuses in seconds, before it reads a review or opens a run; `sentiment
+    train --best-of` checks the data too."""
+    opened = _storage(storage, cfg.search.heartbeat_seconds, None)
     try:
+        if cfg.search.study_name not in optuna.get_all_study_names(storage=opened):
+            return
+        study = optuna.load_study(study_name=cfg.search.study_name, storage=opened)
         stored = StudyRecord.of(study)
         if stored is not None:
-            _refuse_mismatch(study.study_name, stored, StudyRecord(data_digest, search_space(cfg)))
+            mine = StudyRecord(stored.data_digest if data_digest is None else data_digest, search_space(cfg))
+            _refuse_mismatch(study.study_name, stored, mine)
     finally:
-        _close(study)
+        opened.engine.dispose()  # its pool: a database has a connection budget
 
 
 def _refuse_mismatch(name: str, stored: StudyRecord, mine: StudyRecord) -> None:

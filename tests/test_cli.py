@@ -225,3 +225,43 @@ def test_a_missing_dataset_fails_in_under_two_seconds(tmp_path):
     assert time.monotonic() - started < 2
     assert done.returncode == 1
     assert done.stderr.strip() == f"error: dataset not found: {missing}"
+
+
+def test_the_sample_and_full_data_profiles_never_share_a_default_study():
+    """Issue 23: `make run`, then the README's full-data command, was refused (exit 2 after 48 s:
+    another search space) because both profiles defaulted to the study 'imdb-sentiment'."""
+    from pipeline.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    sample, full = (load_config(config_file=root / f"{name}.yaml") for name in ("sample", "full"))
+    assert sample.search.study_name != full.search.study_name
+    assert sample.search.study_name.startswith("imdb-sentiment-")
+    again = load_config(config_file=root / "full.yaml")
+    assert again.search.study_name == full.search.study_name  # a scheduled rerun resumes its study
+    explicit = load_config({"search.study_name": "w48"}, config_file=root / "full.yaml")
+    assert explicit.search.study_name == "w48"  # study create / worker keep the names they are given
+
+
+def test_a_study_of_another_search_space_is_refused_in_seconds_before_the_data_is_read(tmp_path):
+    """The refusal needs only the study's record: it comes before Prefect starts or a review is
+    read, and leaves no run behind (it left a FAILED run after 48 s of reading)."""
+    import mlflow
+
+    from pipeline.config import build_config
+    from pipeline.search import claim_study, create_study
+
+    store = _store_options(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    made = build_config({"search.study_name": "shared", "search.storage": storage, "data.vocab_size": 10000})
+    claim_study(create_study(made, storage), made, "digest-of-the-data")
+    started = time.perf_counter()
+    options = ["--study-name", "shared", "--storage", storage, "--vocab-size", "20000", "--cache-dir", str(tmp_path / "cache")]
+    result = runner.invoke(app, ["run", *options, *store])
+    seconds = time.perf_counter() - started
+
+    assert result.exit_code == 2, result.output
+    assert "study 'shared' was made with another search space (data.vocab_size: study 10000, here 20000" in result.output
+    assert seconds < 15 and not (tmp_path / "cache").exists()  # no review was read
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("cli-test")
+    assert experiment is None or not client.search_runs([experiment.experiment_id])
