@@ -196,9 +196,13 @@ def _on_scoring_threads(call, items: list) -> list:
 
 
 def xla_scorer(model):
-    """``rows → probabilities``: the model's forward pass compiled by XLA, once per input shape,
-    cached on the model. Anything that is not a Keras model (a test's stand-in) is scored through
-    its ``predict_on_batch``."""
+    """``rows → probabilities``: the model's forward pass compiled by XLA, cached on the model.
+
+    Traced once, for any (rows, width) of int32 tokens: XLA compiles once per concrete shape (and
+    ``predict_proba`` feeds only ``compile_scorer``'s), while tf.function itself never retraces,
+    so a consumer meets no ``tf.function retracing`` warning. ``scorer.shapes`` is the set of
+    shapes fed so far, each one XLA compilation. Anything that is not a Keras model (a test's
+    stand-in) is scored through its ``predict_on_batch``."""
     import keras
 
     if not isinstance(model, keras.Model):
@@ -207,12 +211,17 @@ def xla_scorer(model):
     if scorer is None:
         import tensorflow as tf
 
-        forward = tf.function(lambda rows: model(rows, training=False), jit_compile=True)
+        forward = tf.function(
+            lambda rows: model(rows, training=False),
+            jit_compile=True,
+            input_signature=[tf.TensorSpec((None, None), tf.int32)],
+        )
+        shapes: set[tuple[int, int]] = set()
 
         def scorer(rows: np.ndarray) -> np.ndarray:
+            shapes.add(rows.shape)
             return forward(tf.constant(rows, tf.int32)).numpy()
 
-        scorer.traces = forward.experimental_get_tracing_count  # one per shape compiled
-
+        scorer.shapes, scorer.traces = shapes, forward.experimental_get_tracing_count
         model._pipeline_xla_scorer = scorer
     return scorer

@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import ast
 import json
+import os
+import re
 import shutil
+import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -60,15 +64,52 @@ def _without_type_hint_advice() -> Iterator[None]:
         warnings.showwarning = show
 
 
+# What TensorFlow's native code prints at import whatever TF_CPP_MIN_LOG_LEVEL says: absl's
+# banner, its info lines (oneDNN, CPU features) and the CPU-features line's second line.
+_TF_START_UP = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog|I\d{4} |To enable the following instructions"
+)
+
+
+@contextmanager
+def _quiet_tensorflow() -> Iterator[None]:
+    """Import TensorFlow in the block without its C++ chatter on stderr, for consumers who only
+    load the model: ``TF_CPP_MIN_LOG_LEVEL`` 2 unless they set it (no XLA service or
+    compilation lines later), and the lines its native code writes while importing, which that
+    setting does not reach, held back and dropped; anything else written meanwhile is passed on.
+
+    ``TF_CPP_MIN_LOG_LEVEL=0`` shows everything, as TensorFlow does; so does a process that
+    imported TensorFlow already (nothing to hide then).
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode("utf-8", errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not _TF_START_UP.match(line)))
+
+
 with _without_type_hint_advice():
 
     class SentimentModel(mlflow.pyfunc.PythonModel):
         """pyfunc: DataFrame with a ``text`` column → DataFrame(probability, label)."""
 
         def load_context(self, context) -> None:
-            import keras
+            with _quiet_tensorflow():
+                import keras
 
-            import pipeline.layers  # noqa: F401 (registers the bag-of-bigrams layers with Keras)
+                import pipeline.layers  # noqa: F401 (registers the bag-of-bigrams layers with Keras)
             from pipeline.data import Encoder
 
             self._keras = keras.saving.load_model(

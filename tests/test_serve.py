@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -113,6 +114,46 @@ def test_a_consumer_without_the_project_loads_the_model_and_gets_the_same_answer
     answers = json.loads(done.stdout.strip().splitlines()[-1])
     expected = registered.score_in_process(REVIEWS[:3])["probability"]
     np.testing.assert_allclose(answers, expected, atol=1e-6, rtol=0)
+
+
+# A registry consumer scoring many reviews of many lengths: every (rows, width) shape the scorer has.
+_QUIET_LOAD = """
+import json, sys
+sys.path = [p for p in sys.path if p not in ("", ".") and p != {root!r} and "__editable__" not in p]
+sys.meta_path = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model({path!r})
+for size in (1, 9, 70, 600):
+    model.predict(pd.DataFrame({{"text": json.load(open({reviews!r}))[:size]}}))
+"""
+TF_NATIVE_LINE = re.compile(r"(?:[IWEF]\d{4} |WARNING: All log messages before absl)")
+
+
+@pytest.mark.integration
+def test_a_consumer_of_the_model_sees_no_tensorflow_noise_and_no_retracing(registered, tmp_path):
+    """Issue 23: ``load_model(...).predict(...)`` printed TensorFlow's C++ lines (oneDNN, CPU
+    features, XLA service, compiled cluster) and two ``tf.function retracing`` warnings."""
+    import os
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parents[1])
+    path = registered.stores.download_model(registered.champion_uri)
+    texts = tmp_path / "reviews.json"
+    texts.write_text(json.dumps(reviews(registered, 600, chars=3000)))
+    script = _QUIET_LOAD.format(root=root, path=path, reviews=str(texts))
+    consumer_environment = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=consumer_environment,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    noise = [line for line in done.stderr.splitlines() if "retracing" in line or TF_NATIVE_LINE.match(line)]
+    assert not noise, done.stderr[-3000:]
 
 
 @pytest.mark.integration
@@ -323,3 +364,4 @@ def test_clients_that_stall_mid_request_get_408_and_free_their_slots(limited):
     finally:
         for client in clients:
             client.close()
+
