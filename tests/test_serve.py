@@ -365,3 +365,19 @@ def test_clients_that_stall_mid_request_get_408_and_free_their_slots(limited):
         for client in clients:
             client.close()
 
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_memory_stays_within_1_3_times_its_start_up_size_over_10_rounds_of_mixed_load(registered, tmp_path):
+    """Issue 24: RSS grew 1.3 → 2.1 GB over two rounds of mixed-size requests and stayed there."""
+    texts = reviews(registered, 2000)
+    payloads = [{"inputs": texts[:size]} for size in (1, 7, 60, 300, 1000, 2000)]
+    with model_server(registered.champion_uri, registered.stores.tracking_uri, tmp_path / "server.log") as running:
+        started = rss_kib(running.pid)
+        sizes = []
+        for _ in range(10):
+            with ThreadPoolExecutor(8) as clients:
+                statuses = list(clients.map(lambda p: post_json(f"{running.url}/invocations", p)[0], payloads * 2))
+            assert set(statuses) == {200}, statuses
+            sizes.append(rss_kib(running.pid))
+    assert max(sizes) <= 1.3 * started, f"RSS {sizes} KiB after each round, {started} KiB after start-up"
