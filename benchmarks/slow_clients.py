@@ -101,7 +101,9 @@ def main() -> None:
 
     default = build_config().tracking
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=f"models:/{default.model_name}@champion", help="model URI to serve")
+    parser.add_argument(
+        "--model", default=f"models:/{default.model_name}@champion", help="model URI to serve"
+    )
     parser.add_argument(
         "--tracking-uri", default=resolve(build_config()).tracking_uri, help="MLflow store holding the model"
     )
