@@ -227,14 +227,12 @@ def ui(cfg, port: Annotated[int, typer.Option(min=0, help="port (0: a free one)"
 @config_options("serve", "tracking")
 def serve(cfg, model: ModelArg = None) -> None:
     """Serve a registered model over HTTP (MLflow's scoring app: POST /invocations), within limits."""
-    from pipeline.http_server import serve_model
-    from pipeline.predict import model_folder
-    from pipeline.stores import resolve
+    from pipeline import http_server, predict, stores
 
     uri, options = model or champion_uri(cfg), cfg.serve
-    path = model_folder(resolve(cfg), uri)  # a dead store or a missing model: one line, exit 1
+    path = predict.model_folder(stores.resolve(cfg), uri)  # a dead store or a missing model: one line
     typer.echo(f"serving {uri} on http://{options.host}:{options.port}", err=True)
-    serve_model(path, options)
+    http_server.serve_model(path, options)
 
 
 @app.command()
