@@ -21,10 +21,11 @@ import typer
 
 from flows.cli_kubeflow import kubeflow_app
 from flows.options import TRAINING, Json, config_options, fail, print_result
+from pipeline.quiet import quiet_tensorflow_startup
 
 # Before Prefect is imported: its temporary local API can take >20 s to start on 2 busy cores.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+quiet_tensorflow_startup()  # TensorFlow's C++ notices at import: back with --verbose
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here
 
 app = typer.Typer(

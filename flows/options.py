@@ -23,6 +23,7 @@ import sys
 import traceback
 import types
 import typing
+import warnings
 from collections.abc import Callable
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
@@ -42,6 +43,7 @@ from pipeline.config import (
     flag,
     load_config,
 )
+from pipeline.quiet import loud_tensorflow_startup
 from pipeline.secrets import RedactingFormatter, redact
 from pipeline.signals import stop_on_signals
 
@@ -216,7 +218,12 @@ def configure_output(verbose: bool) -> None:
     (they still reach Prefect's API) or MLflow's download bars; everything with ``--verbose``.
     Every failure's traceback goes to ``LOG_FILE``."""
     _log_to_file()
-    if not verbose:
+    if verbose:
+        loud_tensorflow_startup()
+    else:
+        # Optuna's notes on a small study ("too few trials to compute importances", flat axes):
+        # the plots still draw; the terminal is for what the user must act on.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"optuna\.")
         os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "CRITICAL"
         os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL"] = "CRITICAL"
         os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL"] = "CRITICAL"
