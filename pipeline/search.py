@@ -55,7 +55,7 @@ from pipeline.liveness import here, is_gone, repeating
 from pipeline.model import multiply_adds_per_token
 from pipeline.progress import Progress
 from pipeline.secrets import redact
-from pipeline.signals import raise_on_signals
+from pipeline.signals import raise_on_signals, stop_on_signals
 from pipeline.stores import database_pool, is_transient
 from pipeline.train import EpochMetrics, train_model
 
@@ -540,26 +540,29 @@ def _until_target(study: optuna.Study, target: int, cfg: SearchConfig, search_he
     when nothing runs or waits (every trial failed: the failure limit stopped it), or when
     ``search.timeout`` has passed."""
     deadline = None if cfg.timeout is None else time.monotonic() + cfg.timeout
-    poll = min(5.0, float(cfg.heartbeat_seconds))
     waiting_logged = False
-    while True:
-        search_here()
+    # Ours, not Prefect's: inside a flow Prefect's SIGTERM handler raises its TerminationSignal, a
+    # BaseException, which Optuna does not fail a trial on (the trial stayed RUNNING); ours raises
+    # Interrupted, a KeyboardInterrupt, which fails it and closes its run.
+    with stop_on_signals():
         while True:
-            _fail_stale(study)
-            if _finished(study) >= target or (deadline is not None and time.monotonic() >= deadline):
-                return
-            if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-                break  # a dead trial's retry (or one enqueued by hand): run it here
-            running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-            if running == 0:
-                return
-            if not waiting_logged:
-                log.info(
-                    "search: %d trial(s) running elsewhere; waiting for them (one whose process died "
-                    "is retried here, within %d s)", running, 3 * cfg.heartbeat_seconds,
-                )  # fmt: skip
-                waiting_logged = True
-            time.sleep(poll)
+            search_here()
+            while True:
+                _fail_stale(study)
+                if _finished(study) >= target or (deadline is not None and time.monotonic() >= deadline):
+                    return
+                if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                    break  # a dead trial's retry (or one enqueued by hand): run it here
+                running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+                if running == 0:
+                    return
+                if not waiting_logged:
+                    log.info(
+                        "search: %d trial(s) running elsewhere; waiting for them (one whose process "
+                        "died is retried here, within %d s)", running, 3 * cfg.heartbeat_seconds,
+                    )  # fmt: skip
+                    waiting_logged = True
+                time.sleep(min(5.0, float(cfg.heartbeat_seconds)))
 
 
 def _fail_stale(study: optuna.Study) -> None:

@@ -89,7 +89,8 @@ def stop_on_signals() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        _pending.clear()
+        if previous[signal.SIGINT] is not _handle:  # the outermost block: a signal seen is dealt with
+            _pending.clear()
 
 
 def raise_on_signals() -> None:

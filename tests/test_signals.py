@@ -99,10 +99,10 @@ def _query(db: Path, sql: str) -> list[tuple]:
             return []
 
 
-def _start_run(tmp_path: Path, cache: Path) -> subprocess.Popen:
+def _start_run(tmp_path: Path, cache: Path, workers: int = 2) -> subprocess.Popen:
     command = [str(Path(sys.executable).parent / "sentiment"), "run", "--data", str(SAMPLE_ARCHIVE)]
     command += ["--limit", "400", "--max-len", "200", "--vocab-size", "2000", "--cell", "gru"]
-    command += ["--trials", "6", "--workers", "2", "--search-epochs", "4", "--epochs", "8", "--patience", "8"]
+    command += ["--trials", "6", "--workers", str(workers), "--search-epochs", "4", "--epochs", "8", "--patience", "8"]
     command += ["--tracking-uri", f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}", "--cache-dir", str(cache)]
     log = (tmp_path / "run.log").open("wb")
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -125,14 +125,23 @@ def cache(tmp_path_factory):
 
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.parametrize(("signum", "moment"), [(signal.SIGINT, "trial"), (signal.SIGTERM, "final training")])
-def test_a_signal_to_the_group_stops_everything_cleanly(tmp_path, cache, signum, moment):
+@pytest.mark.parametrize(
+    ("signum", "moment", "workers"),
+    [
+        (signal.SIGINT, "trial", 2),
+        (signal.SIGTERM, "final training", 2),
+        # Prefect's own SIGTERM handler raised its TerminationSignal (a BaseException) inside the
+        # Keras step; Optuna fails a trial only on Exception or KeyboardInterrupt: it stayed RUNNING.
+        (signal.SIGTERM, "trial", 1),
+    ],
+)
+def test_a_signal_to_the_group_stops_everything_cleanly(tmp_path, cache, signum, moment, workers):
     mlflow_db, optuna_db, log = (
         tmp_path / "store" / "mlflow.db",
         tmp_path / "store" / "optuna.db",
         tmp_path / "run.log",
     )
-    process = _start_run(tmp_path, cache)
+    process = _start_run(tmp_path, cache, workers)
     try:
         if moment == "trial":
             running = "select count(*) from runs r join tags t on r.run_uuid = t.run_uuid where t.key = 'stage' and t.value = 'trial' and r.status = 'RUNNING'"
