@@ -40,7 +40,7 @@ from benchmarks.notebook_vs_pipeline import (
 FRACTIONS = (0.25, 0.5, 1.0)
 MAX_LENS = (200, 300, 500)
 TRAIN_REVIEWS = 25_000  # aclImdb's training split
-# A typical searched winner (README): what one epoch of the final model costs.
+# A typical searched winner (docs/benchmarks.md): what one epoch of the final model costs.
 EPOCH_HPARAMS = {"cell": "gru", "units": 32, "layers": 2, "embedding_dim": 32, "learning_rate": 0.005}
 
 

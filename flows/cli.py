@@ -81,9 +81,9 @@ def run(cfg, force: Force = False, dispatch: Dispatch = Where.local, as_json: Js
     Skips (recording a skipped MLflow run) when the champion was trained on the same data and
     config; --force retrains anyway.
     """
-    from pipeline.stores import preflight
+    from pipeline.reaper import open_stores
 
-    stores = preflight(cfg)  # a missing dataset or a dead store: one line in seconds, before heavy imports
+    stores = open_stores(cfg)  # a missing dataset or a dead store: one line in seconds, before heavy imports
     if dispatch is Where.pool and not os.environ.get("PREFECT_API_URL"):
         fail("--dispatch pool needs the Prefect server the work pool's workers poll: set PREFECT_API_URL", code=2)
     from flows.prefect_api import prefect_api
@@ -109,9 +109,9 @@ def prepare(cfg) -> None:
 @config_options(*TRAINING)
 def search(cfg) -> None:
     """Run (or resume) the Optuna study only, one MLflow child run per trial; print the best."""
-    from pipeline.stores import preflight
+    from pipeline.reaper import open_stores
 
-    preflight(cfg)
+    open_stores(cfg)
     from flows.prefect_api import prefect_api
     from flows.training import search_flow
 
@@ -126,9 +126,9 @@ def study_create(cfg) -> None:
     """Create the study workers join (once): its dataset digest, search space and study-wide
     target (--trials) in the study storage, and the MLflow run its trials nest under. Running it
     again on an existing study checks it and changes nothing."""
-    from pipeline.stores import preflight
+    from pipeline.reaper import open_stores
 
-    stores = preflight(cfg)
+    stores = open_stores(cfg)
     from pipeline.data import prepare as prepare_data
     from pipeline.stages import create_study
 
@@ -140,9 +140,9 @@ def study_create(cfg) -> None:
 def worker(cfg) -> None:
     """Run trials of an existing study (see `study create`) until its target is met; start any
     number, on any machine, at any time. Refuses a study made for other data or another space."""
-    from pipeline.stores import preflight
+    from pipeline.reaper import open_stores
 
-    stores = preflight(cfg)
+    stores = open_stores(cfg)
     from pipeline.data import prepare as prepare_data
     from pipeline.stages import search_worker
 
@@ -163,11 +163,11 @@ def train(
     log it; --register registers it."""
     from flows.prefect_api import prefect_api
     from flows.training import train_flow
+    from pipeline.reaper import open_stores
     from pipeline.stages import chosen_hparams
-    from pipeline.stores import preflight
 
     cfg, hparams = chosen_hparams(cfg, preset, best_of, hparams_overrides)
-    preflight(cfg, study=False)
+    open_stores(cfg, study=False)
     with prefect_api():
         print_result(train_flow(cfg, hparams, f"train-{preset or best_of}", register, best_of), as_json)
 
@@ -212,9 +212,9 @@ def schedule(
 def ui(cfg, port: Annotated[int, typer.Option(min=0, help="port (0: a free one)")] = 0) -> None:
     """The MLflow UI on the project's store, on 127.0.0.1 (prints the URL; Ctrl-C stops it)."""
     from pipeline import ui as mlflow_ui
-    from pipeline.stores import resolve
+    from pipeline.reaper import resolved_stores
 
-    stores = resolve(cfg)
+    stores = resolved_stores(cfg)
     if not stores.is_local:  # a tracking server serves its own UI
         typer.echo(stores.ui_url())
         return
@@ -228,10 +228,10 @@ def ui(cfg, port: Annotated[int, typer.Option(min=0, help="port (0: a free one)"
 @config_options("serve", "tracking")
 def serve(cfg, model: ModelArg = None) -> None:
     """Serve a registered model over HTTP (MLflow's scoring app: POST /invocations), within limits."""
-    from pipeline import http_server, predict, stores
+    from pipeline import http_server, predict, reaper
 
     uri, options = model or champion_uri(cfg), cfg.serve
-    path = predict.model_folder(stores.resolve(cfg), uri)  # a dead store or a missing model: one line
+    path = predict.model_folder(reaper.resolved_stores(cfg), uri)  # a dead store or a missing model: one line
     typer.echo(f"serving {uri} on http://{options.host}:{options.port}", err=True)
     http_server.serve_model(path, options)
 
@@ -250,11 +250,11 @@ def predict(
     """Score reviews with a registered model: each record plus probability and label. A bad record
     (not UTF-8, no text column, a missing or non-string review) exits 1 naming its row."""
     from pipeline.predict import predict_file, scorer_for
-    from pipeline.stores import resolve
+    from pipeline.reaper import resolved_stores
 
     uri, source = model or champion_uri(cfg), None if input == "-" else Path(input)
     options = {"text_column": text_column, "batch_size": batch_size, "progress": progress}
-    scored = predict_file(lambda: scorer_for(resolve(cfg), uri), source, output, **options)
+    scored = predict_file(lambda: scorer_for(resolved_stores(cfg), uri), source, output, **options)
     typer.echo(f"scored {scored} reviews with {uri}", err=True)
 
 

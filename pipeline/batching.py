@@ -177,7 +177,7 @@ def predict_proba(model, x: np.ndarray, lengths: np.ndarray, widths: tuple[int, 
 def compile_scorer(model, widths: tuple[int, ...]) -> int:
     """Compile every (rows, width) shape ``predict_proba`` can call, now: each costs about 1 s of
     XLA compilation on first use, so a server that meets them under load stalls its requests
-    behind them, one after another (p99 over 1 s for 20 concurrent clients; README). Runs on
+    behind them, one after another (p99 over 1 s for 20 concurrent clients; docs/benchmarks.md). Runs on
     ``scoring_pool``'s threads; returns the number of shapes."""
     score = xla_scorer(model)
     shapes = [(rows, width) for rows in _CHUNKS for width in widths]  # single reviews' first

@@ -44,7 +44,7 @@ def build_model(hparams: HParams, vocab_size: int, *, jit_compile: bool = False)
             x = keras.layers.Dropout(hparams.dropout)(x)
     if over_time:
         # The strongest and the average evidence anywhere in the review, not only what the last
-        # state still remembers: +0.016 test accuracy on the full data (see README, benchmarks).
+        # state still remembers: +0.016 test accuracy on the full data (docs/benchmarks.md).
         x = keras.layers.Concatenate(name="pooled")(
             [MaskedMax(name="max_over_time")(x, tokens), MaskedMean(name="mean_over_time")(x, tokens)]
         )

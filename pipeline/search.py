@@ -134,7 +134,7 @@ class StudyRecord:
 
 
 # Hyperparameters the search leaves at their default: max + mean pooling beat the last state on
-# the full data at equal settings (README), and a searched choice would double the space.
+# the full data at equal settings (docs/benchmarks.md), and a searched choice would double the space.
 UNSEARCHED = frozenset({"pooling"})
 
 
@@ -412,7 +412,7 @@ def run_search(
         # Reads the storage: workers' trials too.
         return _result(study, time.perf_counter() - started, cfg.search.selection)
     finally:
-        _close(study)
+        close_study(study)
 
 
 def join_study(
@@ -455,11 +455,11 @@ def join_study(
                     raise
                 log.warning("search worker: %s; rejoining the study in %d s", str(error).splitlines()[0], 2 * attempt)
                 time.sleep(2 * attempt)
-                _close(study)
+                close_study(study)
                 study = load_study(cfg, storage, trial_tracker, seed=seed)
     _fail_stale(study)
     counts, trials_run = _counts(study), _trials_of(study, worker)
-    _close(study)
+    close_study(study)
     return WorkerResult(
         study_name=study.study_name,
         trials_run=trials_run,
@@ -749,7 +749,7 @@ def study_record(cfg: PipelineConfig, storage: str) -> StudyRecord:
     study is missing or was not made by ``sentiment study create`` (no target)."""
     study = load_study(cfg, storage)
     record = StudyRecord.of(study)
-    _close(study)
+    close_study(study)
     if record is None or record.trials_target is None or record.parent_run_id is None:
         raise StudyMismatch(
             f"study '{study.study_name}' has no trial target: it was not made by `sentiment study create`"
@@ -769,7 +769,7 @@ def study_best(study_name: str, storage: str, selection: Selection = "best") -> 
         opened.engine.dispose()
 
 
-def _close(study: optuna.Study) -> None:
+def close_study(study: optuna.Study) -> None:
     """Give a study's database connections back now, not when the garbage collector gets to them:
     each engine holds its pool open, and a database has a connection budget (docs/scale-out.md)."""
     backend = getattr(study._storage, "_backend", study._storage)  # Optuna wraps RDBStorage in a cache
@@ -807,8 +807,8 @@ def chosen_trial(study: optuna.Study, selection: Selection) -> FrozenTrial:
     ``cheapest_within_1se`` (val_accuracy only): of the completed trials scoring within one
     binomial standard error of the best, the one with the fewest recurrent multiply-adds per
     token. Trials score on a share of the reviews for a few epochs, so differences within that
-    error are noise, while a cheaper model trains and scores several times faster (README,
-    "Performance on the full data")."""
+    error are noise, while a cheaper model trains and scores several times faster
+    (docs/benchmarks.md, "Performance on the full data")."""
     best = study.best_trial
     reviews = best.user_attrs.get("val_reviews")
     if selection == "best" or study.direction.name != "MAXIMIZE" or not reviews:

@@ -436,7 +436,7 @@ def _blend_companion(
         # chosen above; the RNN stays the fit early stopping chose on validation. A quarter more
         # reviews gained the NBSVM 0.003 test accuracy; an RNN refitted for its best epoch count
         # is a new draw that nothing has validated (one scored 0.873 on test where its held-out
-        # fit had scored 0.888 on validation: README).
+        # fit had scored 0.888 on validation: docs/benchmarks.md).
         started = time.perf_counter()
         companion, _ = train_nbsvm_model(train_and_val(data), cfg.train, widths=rnn.result.widths)
         run.log_metrics({"refit/companion_seconds": time.perf_counter() - started})

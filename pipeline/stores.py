@@ -375,6 +375,12 @@ def preflight(cfg: PipelineConfig, study: bool = True) -> Stores:
     return stores
 
 
+def store_exists(uri: str | None) -> bool:
+    """Whether there is a store at ``uri`` to look into: an embedded (SQLite) one only once its
+    file exists, so a command that only looks never creates one; a server or database always."""
+    return uri is not None and (not uri.startswith(_SQLITE) or Path(uri.removeprefix(_SQLITE)).exists())
+
+
 def _absolute_sqlite(uri: str) -> str:
     """``sqlite:///relative.db`` follows the current folder: pin it, so every process opens one file."""
     if not uri.startswith(_SQLITE):

@@ -174,3 +174,39 @@ def test_a_signal_to_the_group_stops_everything_cleanly(tmp_path, cache, signum,
     time.sleep(0.5)
     assert not _group(process.pid), "a process of the run's group is still alive"
     assert not [pid for pid in children if _alive(pid)], "a child (search worker, Prefect API) is still alive"
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_after_a_sigkill_of_the_whole_run_the_next_ui_start_up_closes_its_runs_and_trials(tmp_path, cache):
+    """Issue 24: after a SIGKILL of the embedded run, its trials and runs stayed RUNNING until a
+    later `run` of the same study (and past the heartbeat grace). The owner's pid is known on this
+    machine: any command that opens the store closes them, `sentiment ui` here."""
+    mlflow_db, optuna_db, log = (tmp_path / "store" / "mlflow.db", tmp_path / "store" / "optuna.db", tmp_path / "run.log")
+    process = _start_run(tmp_path, cache, workers=1)
+    try:
+        running = "select count(*) from runs r join tags t on r.run_uuid = t.run_uuid where t.key = 'stage' and t.value = 'trial' and r.status = 'RUNNING'"
+        _wait_until(lambda: (_query(mlflow_db, running) or [(0,)])[0][0] > 0, process, log)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    time.sleep(0.5)
+    assert "RUNNING" in [state for (state,) in _query(optuna_db, "select state from trials")]
+
+    ui = subprocess.Popen(
+        [str(Path(sys.executable).parent / "sentiment"), "ui", "--tracking-uri", f"sqlite:///{mlflow_db}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        started = time.monotonic()
+        lines = []  # up to the link: the store was opened before the UI started
+        while not any("http://127.0.0.1:" in line for line in lines) and time.monotonic() - started < 60:
+            lines.append(ui.stdout.readline())
+        assert any("http://127.0.0.1:" in line for line in lines), lines
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)
+    assert time.monotonic() - started < 60
+    assert [state for (state,) in _query(optuna_db, "select state from trials") if state == "RUNNING"] == []
+    statuses = _query(mlflow_db, "select name, status from runs")
+    assert not [name for name, status in statuses if status == "RUNNING"], statuses
