@@ -262,7 +262,7 @@ def pyfunc_spec(
 def serving_modules() -> list[str]:
     """The library files a consumer's interpreter imports to load the pyfunc: this module and,
     transitively, every ``pipeline`` module it imports, read from the source (never a hand list)."""
-    found, pending = {"__init__.py"}, ["serve.py"]
+    found, pending = set(), ["__init__.py", "serve.py"]  # the package's __init__ imports too
     while pending:
         module = pending.pop()
         found.add(module)
