@@ -144,6 +144,7 @@ def test_parameters_round_trip_as_kfp_hands_them_over(monkeypatch):
         "search_cells": "gru,lstm",
         "search_timeout": "90.5",
         "train_jit_compile": "false",
+        "search_study_name": cfg.search.study_name,  # derived from the settings: given to every task
         "tracking_model_name": "kfp-model",
     }
     by_name = {p.name: p for p in kubeflow_tasks.parameters()}
