@@ -83,7 +83,19 @@ class PromotionDecision:
     p_value: float | None = None  # McNemar exact, two-sided; None without a paired comparison
 
     def tags(self) -> dict[str, str]:
-        return {"promotion": CHAMPION if self.promoted else "challenger"}
+        """What was decided when the version was registered, as history: whether it is the
+        champion *now* is the alias's to say (a tag "champion" would outlive the alias moving on)."""
+        if self.champion_version is None:
+            decided = "promoted: first champion" if self.promoted else "not promoted: no champion yet"
+            versus = "no champion to compare with"
+        else:
+            decided = f"promoted over v{self.champion_version}" if self.promoted else (
+                f"not promoted: v{self.champion_version} stayed champion"
+            )
+            versus = f"{self.accuracy:.4f} vs v{self.champion_version} {self.champion_accuracy:.4f}"
+            if self.p_value is not None:
+                versus += f" on the same test reviews (McNemar p={self.p_value:.3g})"
+        return {"decision": decided, "vs_champion": versus}
 
     def card(self) -> str:
         """The decision's section of the version card."""
@@ -212,6 +224,8 @@ def register_and_promote(
     client = stores.mlflow_client()
     _ensure_registered_model(client, cfg.model_name, stores.tracking_uri)
     tags = {key: str(evidence[key]) for key in VERSION_TAGS if key in evidence}
+    if test is not None:  # which reviews test_accuracy was measured on: versions may differ
+        tags["test_set"] = f"{len(test.texts)} reviews, digest {test.digest[:12]}"
     version = _create_version(stores, client, cfg.model_name, model_uri, run_id, tags)
     try:
         describe_version(client, cfg.model_name, version, evidence, test, stores.tracking_uri)

@@ -218,7 +218,8 @@ def test_a_worse_second_run_registers_a_challenger_and_keeps_the_champion(first_
         first.registered_version
     )
     challenger = client.get_model_version("flow-test-model", str(second.registered_version))
-    assert challenger.tags["promotion"] == "challenger"
+    assert challenger.tags["decision"] == f"not promoted: v{first.registered_version} stayed champion"
+    assert challenger.tags["test_set"].split(" reviews, digest ")[0].isdigit()  # what test_accuracy is on
     assert second.promoted is False
 
 

@@ -120,7 +120,9 @@ def test_versions_and_the_model_carry_a_model_card(registered):
         "model_kind",
         "test_accuracy",
         "dataset_digest",
-        "promotion",
+        "test_set",
+        "decision",
+        "vs_champion",
     }
     assert version.source.startswith("models:/m-")  # the run's logged model (MLflow 3)
     listed = client.get_logged_model(version.source.removeprefix("models:/")).tags["mlflow.modelVersions"]
@@ -137,7 +139,11 @@ def test_decision_tags_record_both_accuracies_and_the_p_value(registered):
     second = _register(registered, cfg, better)
     assert second.promoted and second.p_value < 0.05 and second.champion_version == first.version
     version = _client(registered).get_model_version("tags", second.version)
-    assert version.tags["promotion"] == "champion" and version.tags["previous_champion"] == first.version
+    assert version.tags["decision"] == f"promoted over v{first.version}"
+    assert version.tags["previous_champion"] == first.version
+    assert version.tags["vs_champion"].startswith(f"1.0000 vs v{first.version} 0.6")
+    # The first version's tags say what was decided then, not that it is the champion now.
+    assert _client(registered).get_model_version("tags", first.version).tags["decision"] == "promoted: first champion"
     card = version.description
     assert "decision: promoted to champion" in card and "this version's test accuracy: 1.0000" in card
     assert f"champion compared against: {first.version} (test accuracy 0.6" in card
@@ -221,7 +227,7 @@ def test_an_untrained_model_is_refused_as_the_first_champion_with_the_reason(reg
     assert not decision.promoted and "majority class" in decision.reason
     client = _client(registered)
     version = client.get_model_version("untrained", decision.version)
-    assert version.tags["promotion"] == "challenger" and decision.p_value >= 0.05
+    assert version.tags["decision"] == "not promoted: no champion yet" and decision.p_value >= 0.05
     assert "decision: kept as challenger" in version.description and "majority class" in version.description
     with pytest.raises(Exception, match="alias"):
         client.get_model_version_by_alias("untrained", "champion")
