@@ -14,11 +14,12 @@
 # need), pinned by requirements/constraints.txt: the same lock CI's venv installs.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-FROM ${PYTHON_IMAGE} AS build
+# Stage 1, the dependencies: a layer that depends on pyproject.toml, the lock and the CA only, so a
+# code change reuses it (and the final image's copy of it) and rebuilds in seconds.
+FROM ${PYTHON_IMAGE} AS deps
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_CERT=/tmp/build/ca.pem \
     PIP_CONSTRAINT=/tmp/build/constraints.txt
-# The dependency layer depends on these two files only (and the CA), so a code change rebuilds
-# in seconds. `build/extra-ca.cr[t]` matches nothing when no CA is given.
+# `build/extra-ca.cr[t]` matches nothing when no CA is given.
 COPY pyproject.toml requirements/constraints.txt build/extra-ca.cr[t] /tmp/build/
 RUN cat /etc/ssl/certs/ca-certificates.crt $(ls /tmp/build/extra-ca.crt 2>/dev/null) > /tmp/build/ca.pem \
     && python3 -c "import tomllib; p = tomllib.load(open('/tmp/build/pyproject.toml', 'rb'))['project']; \
@@ -31,12 +32,17 @@ print('\n'.join(p['dependencies'] + p['optional-dependencies']['kubeflow']))" > 
     # the packages' own test suites. Bytecode stays: the app user cannot write site-packages, so
     # without it every process would compile TensorFlow's modules again at start-up.
     && rm -rf tensorflow/include clang \
-    && find . -type d -name tests -prune -exec rm -rf {} +
+    && find . -type d -name tests -prune -exec rm -rf {} + \
+    # The project itself goes to /opt/project (stage 2), on the venv's path through this file.
+    && echo /opt/project > imdb-sentiment-project.pth
+
+# Stage 2, the project: its packages, metadata and `sentiment` script in /opt/project.
+FROM deps AS build
 WORKDIR /src
 COPY README.md pyproject.toml ./
 COPY pipeline ./pipeline
 COPY flows ./flows
-RUN /opt/venv/bin/pip install --quiet --no-deps . \
+RUN /opt/venv/bin/pip install --quiet --no-deps --target /opt/project . \
     && /opt/venv/bin/pip check \
     && rm -rf /tmp/build
 
@@ -47,13 +53,15 @@ FROM ${PYTHON_IMAGE}
 RUN useradd --create-home --uid 1000 app \
     && mkdir -p /gcs /minio /s3 /oci /home/app/.cache /home/app/.imdb-sentiment /home/app/mlflow-artifacts \
     && chown app:app /gcs /minio /s3 /oci /home/app/.cache /home/app/.imdb-sentiment /home/app/mlflow-artifacts
-COPY --from=build /opt/venv /opt/venv
+COPY --from=deps /opt/venv /opt/venv
+COPY --from=build /opt/project /opt/project
 # The configs beside the working directory, so `docker run IMAGE run --config configs/sample.yaml`
 # works as written; the default stores (mlruns/, caches, logs) go to SENTIMENT_HOME.
 COPY configs /opt/imdb-sentiment/configs
-ENV PATH=/opt/venv/bin:$PATH \
+ENV PATH=/opt/project/bin:/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     TF_CPP_MIN_LOG_LEVEL=2 \
+    GIT_PYTHON_REFRESH=quiet \
     SENTIMENT_HOME=/home/app/.imdb-sentiment \
     MPLCONFIGDIR=/home/app/.cache/matplotlib
 USER app

@@ -76,10 +76,20 @@ def kubeflow_submit(
 
 @kubeflow_app.command("run-local")
 @config_options(*TRAINING)
-def kubeflow_run_local(cfg, as_json: Json = False) -> None:
-    """Run the compiled pipeline on this machine with KFP's local runner (a subprocess per task,
-    --workers search workers, no cluster or Docker), against the stores these settings name."""
-    summary = _kubeflow().run_local(cfg)
+def kubeflow_run_local(
+    cfg,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            help="run every task in a container of this image (KFP's DockerRunner, host network; "
+            "needs a tracking server and a database): default, a subprocess of this Python each"
+        ),
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Run the compiled pipeline on this machine with KFP's local runner (--workers search
+    workers, no cluster), against the stores these settings name."""
+    summary = _kubeflow().run_local(cfg, image=image)
     if as_json:
         print_result(summary, True)
     else:

@@ -323,22 +323,62 @@ def submit(
     return f"{host.rstrip('/')}/#/runs/details/{run.run_id}"
 
 
-def run_local(cfg: PipelineConfig, root: Path | None = None) -> dict:
+def run_local(cfg: PipelineConfig, root: Path | None = None, image: str | None = None) -> dict:
     """Run the pipeline (``search.workers`` search workers) on this machine with KFP's local
-    runner, each task a subprocess of this
-    Python (no Docker, no cluster): the stores ``cfg`` resolves to are handed to the tasks through
-    the environment, as the secret hands them over on a cluster. Returns the register task's
-    summary; raises RuntimeError naming the failed task."""
+    runner, no cluster: each task a subprocess of this Python, or with ``image`` a container of
+    that image (``DockerRunner``, host network: the image a cluster would pull). The stores ``cfg``
+    resolves to are handed to the tasks through the environment, as the secret hands them over on
+    a cluster. Returns the register task's summary; raises RuntimeError naming the failed task."""
 
     from pipeline.stores import preflight
 
     stores = preflight(cfg)
+    root = Path(root or STATE_ROOT / ".cache" / "kfp-local").resolve()
+    if image is not None:
+        return _run_in_containers(cfg, stores, root, image)
     # The tasks run `python3 -m kfp.dsl.executor_main`: this interpreter's, with the project on it.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     with _environment(
         MLFLOW_TRACKING_URI=stores.tracking_uri, SENTIMENT_SEARCH_STORAGE=stores.study_storage, PATH=path
     ):
-        return _run_locally(cfg, root or STATE_ROOT / ".cache" / "kfp-local")
+        from kfp import local
+
+        return _run_locally(cfg, local.SubprocessRunner(use_venv=False), root, image=DEFAULT_IMAGE)
+
+
+def _run_in_containers(cfg: PipelineConfig, stores: Any, root: Path, image: str) -> dict:
+    """``run_local`` with every task in ``image``: the containers share this machine's network
+    (so a server on 127.0.0.1 is theirs too), run as this user (what they write in the pipeline
+    root is yours) with a scratch home, and see the dataset read-only at its own path."""
+    from docker.types import Mount
+    from kfp import local
+
+    from pipeline.stores import StoreError
+
+    if stores.in_files_here():
+        raise StoreError(
+            "invalid option --image: the tasks run in containers, which cannot share the embedded "
+            "stores' files: give a tracking server (--tracking-uri http://...) and a database "
+            "(--storage postgresql://...)"
+        )
+    data_file = cfg.data.path.resolve()
+    runner = local.DockerRunner(
+        network_mode="host",
+        entrypoint=[],  # the component's command, as Kubernetes runs it, not the image's `sentiment`
+        user=f"{os.getuid()}:{os.getgid()}",
+        environment={
+            "MLFLOW_TRACKING_URI": stores.tracking_uri,
+            "SENTIMENT_SEARCH_STORAGE": stores.study_storage,
+            "HOME": "/tmp",
+            "SENTIMENT_HOME": "/tmp/imdb-sentiment",
+            "MPLCONFIGDIR": "/tmp/matplotlib",
+        },
+        mounts=[Mount(str(data_file.parent), str(data_file.parent), type="bind", read_only=True)],
+    )
+    # The data cache is the container's own (a path of this machine may not exist there).
+    moved = cfg.model_copy(update={"data": cfg.data.model_copy(update={"cache_dir": None})})
+    root.mkdir(parents=True, exist_ok=True)
+    return _run_locally(moved, runner, root, image)
 
 
 @contextlib.contextmanager
@@ -357,16 +397,16 @@ def _environment(**variables: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _run_locally(cfg: PipelineConfig, root: Path) -> dict:
+def _run_locally(cfg: PipelineConfig, runner: Any, root: Path, image: str) -> dict:
     from kfp import local
 
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    local.init(runner=runner, pipeline_root=str(root))
     # KFP's local runner writes every task's log to stdout: send it to stderr, so stdout holds the
     # result alone (`--json`); and hush its notes on what a cluster does (the image, resources).
     with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
         warnings.filterwarnings("ignore", "You may be attemp", RuntimeWarning)
         warnings.filterwarnings("ignore", ".*have no effect in the current local runner", UserWarning)
-        task = build_pipeline(workers=cfg.search.workers, secret=None)(**pipeline_arguments(cfg))
+        task = build_pipeline(image, cfg.search.workers, secret=None)(**pipeline_arguments(cfg))
     return _typed_summary(task.output)
 
 

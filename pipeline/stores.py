@@ -71,6 +71,11 @@ class Stores:
     def is_local(self) -> bool:
         return self.tracking_uri.startswith(_SQLITE)
 
+    def in_files_here(self) -> list[str]:
+        """The stores (tracking, study) that are files on this machine: out of a container's
+        reach, or another machine's."""
+        return [uri for uri in (self.tracking_uri, self.study_storage_uri) if uri and uri.startswith(_SQLITE)]
+
     def mlflow_client(self) -> MlflowClient:
         from mlflow.tracking import MlflowClient
 
@@ -404,6 +409,20 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, (StorageInternalError, OperationalError)) and any(
         sign in text for sign in _TRANSIENT
     )
+
+
+def tracking_unreachable(error: BaseException | None) -> bool:
+    """Whether ``error`` (or one it was raised while handling) is MLflow's tracking store out of
+    reach past the tracking layer's retries: a store outage, not a failed trial or stage."""
+    from mlflow.exceptions import MlflowException
+
+    while error is not None:
+        if isinstance(error, MlflowException | ConnectionError) and (
+            is_transient(error) or "max retries exceeded" in str(error).lower()
+        ):
+            return True
+        error = error.__context__
+    return False
 
 
 _TRANSIENT = (

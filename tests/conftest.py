@@ -14,6 +14,9 @@ from services import mlflow_server, postgres  # noqa: F401
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# A native crash in any process a test starts (a flow run's, a worker's) prints its Python stack:
+# CI once saw a served flow run exit with SIGSEGV and nothing else to go on.
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
 
 # typer's CliRunner swaps sys.stderr for a buffer it closes after each invocation. MLflow, Prefect
 # and TensorFlow set up logging handlers on first import; imported inside an invocation they would

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -201,13 +203,26 @@ def test_dockerfile_installs_the_locked_project_and_runs_sentiment():
     # The final stage: the environment and the configs, a non-root user, the `sentiment` command,
     # and neither build tools nor the CA bundle the build stage was given.
     final = dockerfile.split("FROM ${PYTHON_IMAGE}\n")[-1]
-    assert "COPY --from=build /opt/venv /opt/venv" in final
+    # The dependencies and the project in layers of their own: a code change rebuilds the last.
+    assert "COPY --from=deps /opt/venv /opt/venv" in final and "COPY --from=build /opt/project /opt/project" in final
     assert not re.search(r"apt-get|gcc|build-essential|pip install|extra-ca|/tmp/build", final)
     assert "USER app" in final and "SENTIMENT_HOME=/home/app/.imdb-sentiment" in final
     assert final.strip().splitlines()[-2:] == ['ENTRYPOINT ["sentiment"]', 'CMD ["--help"]']
     assert project["scripts"]["sentiment"] == "flows.cli:app"
     ignored = (PROJECT_ROOT / ".dockerignore").read_text().split()
     assert ignored[ignored.index("*") :][:5] == ["*", "!pyproject.toml", "!README.md", "!pipeline/", "!flows/"]
+
+
+def test_run_local_in_an_image_refuses_embedded_stores_in_one_line(tmp_path):
+    """Containers cannot share this machine's SQLite files: said before any container starts
+    (tests/test_containers.py runs the pipeline in the image)."""
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "sentiment"), "kubeflow", "run-local", "--image", "imdb-sentiment:0.1.0",
+         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--storage", f"sqlite:///{tmp_path / 'optuna.db'}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode != 0 and len(lines) == 1 and "invalid option --image" in lines[0], done.stderr
 
 
 # --- a real run with KFP's local runner -----------------------------------------------------
@@ -310,11 +325,11 @@ def test_a_second_run_on_the_same_data_is_gated_by_promotion(two_runs):
     assert second["registered_version"] == "2"
     assert second["previous_champion_version"] == "1"  # compared with the champion
     champion = str(client.get_model_version_by_alias("kfp-test-model", "champion").version)
-    tag = client.get_model_version("kfp-test-model", "2").tags["promotion"]
+    tag = client.get_model_version("kfp-test-model", "2").tags["decision"]
     if second["promoted"]:
         assert champion == "2" and second["promotion_p_value"] < cfg.tracking.promotion_alpha
     else:
-        assert champion == "1" and tag == "challenger"
+        assert champion == "1" and tag == "not promoted: v1 stayed champion"
         assert "champion v1" in second["promotion_reason"]  # "kept champion: not more accurate; …"
 
 
