@@ -44,7 +44,11 @@ def close_what_died(stores: Stores, cfg: PipelineConfig) -> None:
         if store_exists(stores.tracking_uri):  # never create a store only to look into it
             from pipeline import tracking
 
-            runs = tracking.close_dead_runs(stores, cfg.tracking.experiment_name, {"stage": "pipeline"})
+            runs = [
+                run
+                for stage in ("pipeline", "trial")
+                for run in tracking.close_dead_runs(stores, cfg.tracking.experiment_name, {"stage": stage})
+            ]
     except Exception as error:  # the command itself says what is wrong with the store
         log.debug("closing what died: %s", error)
         return

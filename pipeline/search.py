@@ -21,6 +21,7 @@ import logging
 import math
 import multiprocessing
 import os
+import re
 import socket
 import time
 import warnings
@@ -56,7 +57,7 @@ from pipeline.model import multiply_adds_per_token
 from pipeline.progress import Progress
 from pipeline.secrets import redact
 from pipeline.signals import raise_on_signals, stop_on_signals
-from pipeline.stores import database_pool, is_transient
+from pipeline.stores import StoreError, database_pool, is_transient, tracking_unreachable
 from pipeline.train import EpochMetrics, train_model
 
 log = logging.getLogger(__name__)
@@ -630,7 +631,20 @@ def _optimize(
         MaxTrialsCallback(failed + max(left, 2), states=(TrialState.FAIL,)),
     ]
 
+    outage: list[BaseException] = []  # the tracking store's failure that stopped the search
+
     def objective(trial: optuna.Trial) -> float:
+        try:
+            return tracked_trial(trial)
+        except Exception as error:
+            if tracking_unreachable(error):
+                # Not this trial's fault: every next trial would fail the same way in 40 ms
+                # (13 FAIL trials in 21 s, once). This one is failed; no other starts.
+                outage.append(error)
+                trial.study.stop()
+            raise
+
+    def tracked_trial(trial: optuna.Trial) -> float:
         for name, value in (here() | ({"worker": worker} if worker else {})).items():
             trial.set_user_attr(name, value)
         hparams = suggest_hparams(trial, cfg.search)
@@ -668,6 +682,12 @@ def _optimize(
     study.optimize(
         objective, timeout=cfg.search.timeout, catch=(Exception,), callbacks=until, gc_after_trial=True
     )
+    if outage:
+        where = getattr(getattr(trial_tracker, "stores", None), "tracking_uri", "")
+        text = str(outage[0])
+        errno = re.search(r"\[Errno -?\d+\][^'\")]*", text)  # urllib3's 300 characters, to the point
+        reason = errno.group(0).strip() if errno else text.strip().splitlines()[0][:200]
+        raise StoreError(f"MLflow tracking store {where}: lost during the search ({reason})")
 
 
 def _optimize_in_workers(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import signal
 import subprocess
 import time
@@ -28,7 +29,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, ML
 
 from pipeline.liveness import here, is_gone, repeating
 from pipeline.secrets import redact, redact_value
-from pipeline.stores import Stores, mlflow_global_uri
+from pipeline.stores import Stores, mlflow_global_uri, tracking_unreachable
+
+log = logging.getLogger(__name__)
 
 # MLflow 3.17's UI picks an experiment's layout from this tag: without it a new experiment opens on
 # the GenAI overview (traces, tokens); this value opens it on the runs table of model training.
@@ -270,14 +273,29 @@ def open_run(
     except Exception as error:
         if not handle.ended:
             reason = f"{type(error).__name__}: {error}"[:5000]
-            handle.end(RunStatus.to_string(RunStatus.FAILED), {"outcome": "failed", "failure_reason": reason})
+            with _unless_unreachable(handle):
+                handle.end(RunStatus.to_string(RunStatus.FAILED), {"outcome": "failed", "failure_reason": reason})
         raise
     except BaseException as stopped:  # Ctrl-C, SIGTERM (Prefect's TerminationSignal), exit: not broken
         if not handle.ended:
-            handle.kill({"outcome": "interrupted", "failure_reason": _stop_reason(stopped)})
+            with _unless_unreachable(handle):
+                handle.kill({"outcome": "interrupted", "failure_reason": _stop_reason(stopped)})
         raise
     if not handle.ended:
         handle.end(RunStatus.to_string(RunStatus.FINISHED))
+
+
+@contextmanager
+def _unless_unreachable(handle: RunHandle) -> Iterator[None]:
+    """Closing a run on the way out of an error: a tracking store out of reach must not replace
+    the error that says so (or the real one) with urllib3's text. The run stays RUNNING, and the
+    next command on this machine closes it (``pipeline.reaper``)."""
+    try:
+        yield
+    except Exception as closing:
+        if not tracking_unreachable(closing):
+            raise
+        log.debug("run %s left open: the tracking store is out of reach", handle.run_id)
 
 
 @functools.cache
@@ -498,6 +516,9 @@ def _trial_run(tracker: TrialTracker, number: int, params: Mapping[str, Any]) ->
     """The trial's run, named by its configuration. However it ends, the ``epochs`` tag and the
     name's suffix count the epochs it logged (metric steps are 1-based epochs, so they agree)."""
     tags = {MLFLOW_PARENT_RUN_ID: tracker.parent_run_id, "stage": "trial", "optuna_trial": str(number)}
+    # Whose run it is: a run its process could not close (the store was out of reach, a SIGKILL)
+    # is closed by the next command on this machine (``close_dead_runs``).
+    tags |= {f"owner_{key}": str(value) for key, value in here().items()}
     tags["optuna_study"] = tracker.study_name
     name = trial_name(number, params)
     with open_run(tracker.stores, tracker.experiment_name, name, tags) as run:
