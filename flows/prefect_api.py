@@ -83,3 +83,26 @@ def _flush_logs() -> None:
     for worker in (APILogWorker, EventsWorker):
         with contextlib.suppress(Exception):  # a lost log line must not hide the real outcome
             worker.drain_all(timeout=5)
+
+
+def cancelled_if_interrupted(flow, flow_run, state) -> None:
+    """An ``on_crashed`` hook: a run a user stopped (Ctrl-C, SIGTERM: ``Interrupted``, or
+    Prefect's ``TerminationSignal`` where its handler was the one installed) was
+    cancelled, not crashed. Prefect records every BaseException as Crashed; this sets the run
+    Cancelled with the signal's name, and keeps Crashed for real crashes. The hook runs while
+    the engine handles the exception, so ``sys.exc_info()`` is what stopped the run."""
+    import signal
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import TerminationSignal
+    from prefect.states import Cancelled
+
+    from pipeline.signals import Interrupted
+
+    stopped = sys.exc_info()[1]
+    if isinstance(stopped, TerminationSignal):  # Prefect's own SIGTERM handler, outside ours
+        stopped = Interrupted(stopped.signal if isinstance(stopped.signal, int) else signal.SIGTERM)
+    if not isinstance(stopped, Interrupted):
+        return
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run.id, Cancelled(message=f"{stopped} (stopped by its user)"), force=True)

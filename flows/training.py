@@ -18,6 +18,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.dispatch import dispatch_search_workers
+from flows.prefect_api import cancelled_if_interrupted
 from flows.tasks import (
     check_champion,
     create_study,
@@ -49,7 +50,7 @@ def flow_run_name() -> str:
     return f"{prefix}-{cfg.tracking.model_name}-{flow_run.scheduled_start_time:%Y%m%d-%H%M%S}"
 
 
-@flow(name="imdb-sentiment-training", flow_run_name=flow_run_name)
+@flow(name="imdb-sentiment-training", flow_run_name=flow_run_name, on_crashed=[cancelled_if_interrupted])
 def training_flow(
     config: PipelineConfig = PipelineConfig(),  # noqa: B008 (frozen)
     force: bool = False,
@@ -84,7 +85,7 @@ def training_flow(
     return summary
 
 
-@flow(name="imdb-sentiment-train-one")
+@flow(name="imdb-sentiment-train-one", on_crashed=[cancelled_if_interrupted])
 def train_flow(
     config: PipelineConfig,
     hparams: HParams,
@@ -103,7 +104,7 @@ def train_flow(
         return _train_to_registry(hparams, data, config, run, to_registry)
 
 
-@flow(name="imdb-sentiment-search")
+@flow(name="imdb-sentiment-search", on_crashed=[cancelled_if_interrupted])
 def search_flow(config: PipelineConfig) -> SearchResult:
     """Run (or resume) the Optuna study under a parent run of its own."""
     stores = preflight(config)
@@ -112,7 +113,7 @@ def search_flow(config: PipelineConfig) -> SearchResult:
         return search_hparams(data, config, run)
 
 
-@flow(name="imdb-sentiment-search-worker")
+@flow(name="imdb-sentiment-search-worker", on_crashed=[cancelled_if_interrupted])
 def search_worker_flow(config: PipelineConfig) -> WorkerResult:
     """Join the study ``config.search.study_name`` until its target is met: one search worker,
     run by a work pool (``dispatch="pool"``) or by hand."""

@@ -105,7 +105,10 @@ def _start_run(tmp_path: Path, cache: Path, workers: int = 2) -> subprocess.Pope
     command += ["--trials", "6", "--workers", str(workers), "--search-epochs", "4", "--epochs", "8", "--patience", "8"]
     command += ["--tracking-uri", f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}", "--cache-dir", str(cache)]
     log = (tmp_path / "run.log").open("wb")
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # The run's own temporary Prefect API, on a database the test reads afterwards.
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_API_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}"
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
 
 def _wait_until(condition, process: subprocess.Popen, log: Path, timeout: float = 240) -> None:
@@ -171,6 +174,9 @@ def test_a_signal_to_the_group_stops_everything_cleanly(tmp_path, cache, signum,
     assert "RUNNING" not in trials
     if moment == "trial":
         assert "FAIL" in trials
+    # Stopped by its user: Cancelled in the Prefect UI, not Crashed (kept for real crashes).
+    flow_runs = _query(tmp_path / "prefect.db", "select state_type, state_name from flow_run")
+    assert flow_runs and all(state == ("CANCELLED", "Cancelled") for state in flow_runs), flow_runs
     time.sleep(0.5)
     assert not _group(process.pid), "a process of the run's group is still alive"
     assert not [pid for pid in children if _alive(pid)], "a child (search worker, Prefect API) is still alive"
