@@ -59,8 +59,9 @@ IMAGE ?= imdb-sentiment:0.1.0
 PYTHON_IMAGE ?= $(if $(has_local_base),$(LOCAL_BASE),python:3.11-slim-bookworm)
 POSTGRES_IMAGE ?= imdb-sentiment-postgres:15
 BASE_IMAGE ?= $(if $(has_local_base),$(LOCAL_BASE),debian:bookworm-slim)
-# Extra CA certificates for pip inside the build (a TLS proxy's): the bundle Python is told to trust.
-CA_CERTS ?= $(SSL_CERT_FILE)
+# Extra CA certificates for pip inside the build (a TLS proxy's): the bundle Python is told to
+# trust, else this machine's system bundle (where a proxy's CA is installed; harmless elsewhere).
+CA_CERTS ?= $(or $(SSL_CERT_FILE),$(wildcard /etc/ssl/certs/ca-certificates.crt))
 
 .PHONY: lock base-image postgres-image images
 image:  ## the project's image: make image [IMAGE=registry/imdb-sentiment:TAG] [PYTHON_IMAGE=...] [CA_CERTS=FILE]
