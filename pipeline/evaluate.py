@@ -170,7 +170,8 @@ def confident_errors(
     return pd.DataFrame(
         {
             "excerpt": [_excerpt(texts[i], excerpt) for i in order],
-            "label": ["positive" if y_true[i] else "negative" for i in order],
+            # Named for what it is: the review's true label (the model said the other one).
+            "true_label": ["positive" if y_true[i] else "negative" for i in order],
             "p_positive": np.round(probability[order], 4),
             "confidence": np.round(np.maximum(probability, 1 - probability)[order], 4),
             "words": [len(texts[i].split()) for i in order],

@@ -349,12 +349,16 @@ class _TimedEpochEnd(keras.callbacks.Callback):
     """Runs the epoch-end hooks of ``callbacks`` (Optuna reports, MLflow metrics) and adds up
     their wall seconds: bookkeeping that happens inside ``fit`` and must not pass for training."""
 
-    def __init__(self, callbacks: list[keras.callbacks.Callback]) -> None:
+    def __init__(self, callbacks: list[keras.callbacks.Callback], monitor: str) -> None:
         super().__init__()
         self._callbacks = callbacks
+        self._monitor = monitor
         self.seconds = 0.0
+        self.reported: list[float] = []  # the monitored value per epoch, as Optuna is told it
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        if logs and self._monitor in logs:
+            self.reported.append(float(logs[self._monitor]))
         started = time.perf_counter()
         try:
             for callback in self._callbacks:
@@ -656,11 +660,16 @@ def _optimize(
             # The epoch's metrics are logged before the pruner may stop the trial on them.
             bookkeeping = [EpochMetrics(run.log_metrics)] if run is not None else []
             bookkeeping.append(KerasPruningCallback(trial, cfg.train.monitor))
-            timed = _TimedEpochEnd(bookkeeping)
+            timed = _TimedEpochEnd(bookkeeping, cfg.train.monitor)
+            best = max if cfg.train.monitor == "val_accuracy" else min
             try:
                 _, result = train_model(hparams, data, cfg.train, epochs=cfg.search.epochs, callbacks=[timed])
             except optuna.TrialPruned as pruned:
                 if run is not None:
+                    # One name every trial has, for the runs table to sort as the study ranks:
+                    # the best value reported before the pruner stopped it.
+                    if timed.reported:
+                        run.log_metrics({"objective": best(timed.reported)})
                     run.kill(
                         {"outcome": "pruned", "pruned_reason": str(pruned) or "pruned by the study's pruner"}
                     )
@@ -672,6 +681,7 @@ def _optimize(
             if run is not None:
                 run.log_metrics(
                     {
+                        "objective": result.best_value,  # what Optuna ranks the trial by
                         "best_value": result.best_value,
                         "best_epoch": result.best_epoch,
                         "train_seconds": result.seconds,

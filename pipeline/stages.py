@@ -297,6 +297,7 @@ def _log_search(run: tracking.RunHandle, result: search.SearchResult, cfg: Pipel
     run.log_metrics(
         {
             f"search/best_{cfg.train.monitor}": result.best_value,
+            "objective": result.best_value,  # the runs view sorts by it: the parent beside its best trial
             "search/trials_complete": result.complete,
             "search/trials_pruned": result.pruned,
             "search/trials_failed": result.failed,
@@ -319,7 +320,8 @@ def _log_study(run: tracking.RunHandle, cfg: PipelineConfig) -> None:
     for name, figure in study_report.static_plots(study, metric).items():
         run.log_figure(figure, f"study/{name}.png")
         plt.close(figure)  # Optuna draws these through pyplot, which keeps every figure open
-    run.log_table(study_report.trials_table(study), "study/trials.json")
+    runs = tracking.trial_runs(run, cfg.search.study_name)
+    run.log_table(study_report.trials_table(study, runs), "study/trials.json")
 
 
 @dataclass(frozen=True)

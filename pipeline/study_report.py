@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
@@ -90,9 +90,12 @@ def _title(name: str) -> str:
     return name.replace("_", " ").capitalize()
 
 
-def trials_table(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: number, state, value, epochs (the values it reported, so a pruned
-    trial counts the epoch it was stopped on), seconds, then its parameters."""
+def trials_table(study: optuna.Study, runs: Mapping[int, tuple[str, str]] | None = None) -> pd.DataFrame:
+    """One row per trial: number, its MLflow run's name and id (``runs``: trial number → both),
+    state, value, epochs (the values it reported, so a pruned trial counts the epoch it was stopped
+    on), seconds, then its parameters as ``param_<name>`` (MLflow's table viewer reads a dot in a
+    column name as a path into the row: ``param.units`` showed blank)."""
+    runs = runs or {}
     rows = []
     for trial in study.get_trials(deepcopy=False):
         seconds = (
@@ -100,14 +103,17 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
             if trial.datetime_complete and trial.datetime_start
             else None
         )
+        run_id, run_name = runs.get(trial.number, ("", ""))
         row = {
             "trial": trial.number,
+            "run_name": run_name,
+            "run_id": run_id,
             "state": _STATE.get(trial.state, trial.state.name.lower()),
             "value": trial.value,
             "epochs": len(trial.intermediate_values),
             "seconds": round(seconds, 1) if seconds is not None else None,
         }
-        rows.append(row | {f"param.{key}": value for key, value in trial.params.items()})
+        rows.append(row | {f"param_{key}": value for key, value in trial.params.items()})
     return pd.DataFrame(rows)
 
 

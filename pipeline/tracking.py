@@ -175,6 +175,7 @@ VIEW_NAME = "Model selection"
 VIEW_COLUMNS = (
     "attributes.`Dataset`",
     "attributes.`Models`",
+    "metrics.`objective`",
     "metrics.`model/test_accuracy`",
     "metrics.`model/val_accuracy`",
     "metrics.`val_accuracy`",
@@ -207,6 +208,9 @@ def save_runs_view(client: MlflowClient, experiment: str) -> None:
     now = int(time.time() * 1000)
     state = {
         "searchFilter": "",
+        # Newest first: with the view sorted by `objective`, the browser test found no expander on
+        # the parent row (MLflow 3.17). `objective`, the first column, is what the study ranks
+        # by (val_accuracy is the last epoch's): one click on its header sorts by it.
         "orderByKey": "attributes.start_time",
         "orderByAsc": False,
         "startTime": "ALL",
@@ -356,7 +360,7 @@ def close_dead_runs(
         owner = {key.removeprefix("owner_"): value for key, value in run_tags.items() if key.startswith("owner_")}
         beat = float(run_tags.get(HEARTBEAT_TAG, "inf"))
         if is_gone(owner):
-            reason = f"its process ({owner.get('pid')}) is gone (killed)"
+            reason = f"its process is gone (pid {owner.get('pid')}: killed)"
         elif silent_for is not None and time.time() - beat > silent_for:
             reason = f"no heartbeat from {owner.get('host', 'its machine')} for over {silent_for:.0f} s (killed or lost)"
         else:
@@ -486,6 +490,19 @@ def mark_best_trial(parent: RunHandle, experiment_name: str, study_name: str, nu
     if best_id is not None:
         parent.set_tags({"best_trial_number": number, "best_trial_run_id": best_id})
     return best_id
+
+
+def trial_runs(parent: RunHandle, study_name: str) -> dict[int, tuple[str, str]]:
+    """Trial number → (run id, run name) of its run in ``parent``'s experiment: the one started
+    last, where a trial has several."""
+    query = f"tags.optuna_study = '{study_name}' and tags.stage = 'trial'"
+    found: dict[int, tuple[str, str]] = {}
+    ordered = ["attributes.start_time ASC"]
+    for run in parent.client.search_runs([parent.experiment_id], query, max_results=5000, order_by=ordered):
+        number = run.data.tags.get("optuna_trial", "")
+        if number.isdigit():
+            found[int(number)] = (run.info.run_id, run.data.tags.get(MLFLOW_RUN_NAME, ""))
+    return found
 
 
 def trial_name(number: int, params: Mapping[str, Any]) -> str:

@@ -98,7 +98,7 @@ def test_the_most_confidently_wrong_reviews_come_first_with_their_excerpt_and_le
     table = confident_errors(texts, y_true, probability, excerpt=20)
 
     assert table["index"].tolist() == [1, 2]
-    assert table["label"].tolist() == ["positive", "negative"]
+    assert table["true_label"].tolist() == ["positive", "negative"]
     assert table["confidence"].tolist() == [0.95, 0.7]
     assert table["excerpt"][0] == "awful awful word wo…" and "<br" not in table["excerpt"][0]
     assert table["words"][0] == 202

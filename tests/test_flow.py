@@ -159,12 +159,16 @@ def test_parent_run_holds_the_plots_the_study_and_the_error_analysis(first_run, 
     trials = json.loads(Path(_download(client, run_id, "study/trials.json", tmp_path)).read_text())
     rows = pd.DataFrame(trials["data"], columns=trials["columns"])
     assert len(rows) == 2 and set(rows["state"]) <= {"complete", "pruned", "failed"}  # rows = trials
-    assert {"value", "epochs", "seconds", "param.learning_rate"} <= set(rows.columns)
+    assert {"value", "epochs", "seconds", "param_learning_rate", "run_id", "run_name"} <= set(rows.columns)
+    # Every column has values in MLflow's viewer (a dotted name showed blank), and each trial
+    # leads to its run.
+    assert not [column for column in rows.columns if "." in column]
+    assert rows["run_name"].str.startswith("trial-").all() and rows["param_learning_rate"].notna().all()
     errors = json.loads(Path(_download(client, run_id, "evaluation/confident_errors.json", tmp_path)).read_text())
     errors = pd.DataFrame(errors["data"], columns=errors["columns"])
-    assert len(errors) and set(errors["label"]) <= {"positive", "negative"}
+    assert len(errors) and set(errors["true_label"]) <= {"positive", "negative"}
     assert (errors["confidence"].diff().dropna() <= 0).all()  # surest first
-    wrong = (errors["p_positive"] >= 0.5) != (errors["label"] == "positive")
+    wrong = (errors["p_positive"] >= 0.5) != (errors["true_label"] == "positive")
     assert wrong.all()
 
 

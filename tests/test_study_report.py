@@ -36,7 +36,7 @@ def test_the_trials_table_has_a_row_per_trial_and_counts_a_pruned_trials_epochs(
     table = study_report.trials_table(study)
 
     assert len(table) == len(study.trials)
-    assert {"trial", "state", "value", "epochs", "seconds", "param.learning_rate", "param.units"} <= set(table)
+    assert {"trial", "state", "value", "epochs", "seconds", "param_learning_rate", "param_units"} <= set(table)
     pruned = table[table["state"] == "pruned"]
     assert len(pruned) and (pruned["epochs"] < 3).all() and pruned["value"].notna().all()
     assert (table.loc[table["state"] == "complete", "epochs"] == 3).all()

@@ -164,6 +164,10 @@ def test_every_trial_logs_each_value_optuna_saw_the_pruned_one_included(ui_store
         reported = {epoch + 1: pytest.approx(value, abs=1e-6) for epoch, value in trial.intermediate_values.items()}
         assert logged == reported, f"trial {trial.number}"
         assert run.data.tags["epochs"] == str(len(reported))
+        # `objective`, the view's sort column, is what the study ranks by (the best epoch's value;
+        # a pruned trial's best before it was stopped), not the last epoch's val_accuracy.
+        expected = trial.value if trial.value is not None else max(trial.intermediate_values.values())
+        assert run.data.metrics["objective"] == pytest.approx(expected, abs=1e-6), f"trial {trial.number}"
     for trial in pruned:
         assert runs[trial.number].info.status == "KILLED" and runs[trial.number].data.tags["outcome"] == "pruned"
 
