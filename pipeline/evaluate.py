@@ -42,6 +42,9 @@ def evaluate(y_true: np.ndarray, probability: np.ndarray, threshold: float = THR
     return Evaluation(metrics, confusion, predicted == y_true)
 
 
+_FEW_EPOCHS = 2
+
+
 def learning_curves(history: dict[str, list[float]], label: str = "RNN"):
     """Loss and accuracy per epoch, training vs validation, as a matplotlib Figure titled ``label``
     (the part that trained: ``RNN``, ``bag-of-bigrams companion``)."""
@@ -54,7 +57,12 @@ def learning_curves(history: dict[str, list[float]], label: str = "RNN"):
         for key, split in ((metric, "train"), (f"val_{metric}", "validation")):
             values = history.get(key, [])
             axes.plot(np.arange(1, len(values) + 1), values, "o-", label=split)
-        axes.set(title=metric, xlabel="epoch")
+            if len(values) <= _FEW_EPOCHS:  # a point or two is no curve: write the values
+                for epoch, value in enumerate(values, start=1):
+                    axes.annotate(f"{value:.4f}", (epoch, value), textcoords="offset points", xytext=(6, 4))
+        epochs = max(len(history.get(metric, [])), len(history.get(f"val_{metric}", [])))
+        shown = f" ({epochs} epoch{'' if epochs == 1 else 's'}: values written)" if epochs <= _FEW_EPOCHS else ""
+        axes.set(title=metric + shown, xlabel="epoch")
         axes.legend()
     figure.tight_layout()
     return figure

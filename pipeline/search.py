@@ -664,15 +664,18 @@ def _optimize(
             best = max if cfg.train.monitor == "val_accuracy" else min
             try:
                 _, result = train_model(hparams, data, cfg.train, epochs=cfg.search.epochs, callbacks=[timed])
-            except optuna.TrialPruned as pruned:
+            except optuna.TrialPruned:
                 if run is not None:
                     # One name every trial has, for the runs table to sort as the study ranks:
                     # the best value reported before the pruner stopped it.
                     if timed.reported:
                         run.log_metrics({"objective": best(timed.reported)})
-                    run.kill(
-                        {"outcome": "pruned", "pruned_reason": str(pruned) or "pruned by the study's pruner"}
-                    )
+                    # Epochs counted from 1, as in the run's name and its metric steps (Optuna's
+                    # own message, "pruned at epoch 0", counts from 0).
+                    reason = f"pruned by the study's {cfg.search.pruner} pruner after epoch {len(timed.reported)}"
+                    if timed.reported:
+                        reason += f" ({cfg.train.monitor} {timed.reported[-1]:.4f})"
+                    run.kill({"outcome": "pruned", "pruned_reason": reason})
                 raise
             trial.set_user_attr("epochs", result.epochs)
             trial.set_user_attr("val_reviews", len(data.val))  # the score's standard error needs it

@@ -108,6 +108,8 @@ class RunSummary:
     previous_champion_version: str | None = None
     previous_champion_accuracy: float | None = None
     ui_command: str | None = None
+    # What each part scored on validation and what cut it short, in words (``_parts``).
+    parts: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,6 +162,8 @@ class RunSummary:
                 f"**{self.model_kind or 'no'} model for `{self.model_name}`**, chosen by an Optuna search"
                 " over Keras RNNs (one nested run per trial; `best_trial=true` marks the winner).",
                 "",
+                *(f"- {part}" for part in self.parts),
+                *([""] if self.parts else []),
                 self.to_markdown(),
                 "",
                 "Metrics: `model/…` the shipped model (RNN, or RNN + bag-of-bigrams blend), `rnn/…` and"
@@ -168,6 +172,32 @@ class RunSummary:
                 " error analysis: `evaluation/confident_errors.json`.",
             ]
         )
+
+
+def _parts(
+    cfg: PipelineConfig, run: tracking.RunHandle, final: FinalModel, searched: search.SearchResult | None
+) -> tuple[str, ...]:
+    """The description's first lines: what each part of the shipped model scored on validation,
+    and which budget cut which part short (a run whose RNN trained one epoch before its budget
+    stopped it must not read like a searched RNN at its best)."""
+    metrics = run.client.get_run(run.run_id).data.metrics
+    rnn = final.result
+    line = f"RNN: validation accuracy {rnn.best_value:.4f} (best of {rnn.epochs} of {cfg.train.epochs} epochs)"
+    if metrics.get("rnn/stopped_by_time_budget") == 1.0:
+        line += f", stopped by the time budget (train.time_budget {cfg.train.time_budget:g} s)"
+    lines = [line]
+    if "blend/val_accuracy_bigrams" in metrics:
+        lines.append(f"companion (bag of n-grams) alone: validation accuracy {metrics['blend/val_accuracy_bigrams']:.4f}")
+    if final.kind == "rnn+bigrams" and "blend/val_accuracy_rnn_bigrams" in metrics:
+        weight = metrics.get("blend/blend_weight_rnn")
+        share = f", the RNN's weight {weight:.2f}" if weight is not None else ""
+        lines.append(f"the blend shipped: validation accuracy {metrics['blend/val_accuracy_rnn_bigrams']:.4f}{share}")
+    if searched is not None:
+        search_line = f"search: {searched.complete} complete and {searched.pruned} pruned trials in the study"
+        if cfg.search.timeout is not None and searched.seconds >= cfg.search.timeout:
+            search_line += f"; this search was stopped by its time budget (search.timeout {cfg.search.timeout:g} s)"
+        lines.append(search_line)
+    return tuple(lines)
 
 
 def _hparams(hparams: Mapping[str, Any] | None) -> str:
@@ -610,6 +640,7 @@ def summarize(
         test_metrics=evaluation.metrics,
         model_uri=model_uri,
         ui_command=run.stores.ui_command(),
+        parts=_parts(cfg, run, final, searched),
         **best,
         **promotion,
     )

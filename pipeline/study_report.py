@@ -41,7 +41,7 @@ def interactive_plots(study: optuna.Study, metric: str) -> dict[str, Any]:
     for name, (plot, _) in _PLOTS.items():
         figure = _draw(plot, study, name)
         if figure is not None:
-            figure.update_layout(title=f"{_title(name)}: study '{study.study_name}', {metric} (validation, RNN trials)")
+            figure.update_layout(title=f"{_title(name, study)}: study '{study.study_name}', {metric} (validation, RNN trials)")
             figures[name] = figure
     return figures
 
@@ -65,7 +65,7 @@ def static_plots(study: optuna.Study, metric: str) -> dict[str, Any]:
         axes = _draw(plot, study, name)
         if axes is not None:
             figure = _figure_of(axes)
-            figure.suptitle(f"{_title(name)}: study '{study.study_name}', {metric} (validation)")
+            figure.suptitle(f"{_title(name, study)}: study '{study.study_name}', {metric} (validation)")
             figure.set_size_inches(10, 5)
             figures[name] = figure
     return figures
@@ -86,8 +86,17 @@ def _figure_of(axes: Any):
     return first.get_figure()
 
 
-def _title(name: str) -> str:
-    return name.replace("_", " ").capitalize()
+def _title(name: str, study: optuna.Study | None = None) -> str:
+    title = name.replace("_", " ").capitalize()
+    if name == "param_importances" and study is not None:
+        # Importances fitted on a handful of trials are mostly noise: say on how many.
+        complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        if complete < _FEW_FOR_IMPORTANCES:
+            title += f" (from {complete} complete trials: rough below {_FEW_FOR_IMPORTANCES})"
+    return title
+
+
+_FEW_FOR_IMPORTANCES = 10
 
 
 def trials_table(study: optuna.Study, runs: Mapping[int, tuple[str, str]] | None = None) -> pd.DataFrame:

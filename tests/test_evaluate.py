@@ -127,3 +127,12 @@ def test_curves_are_titled_with_the_model_and_split(name):
 
     assert isinstance(figure, Figure)
     assert "rnn model, test split (5 reviews)" in figure.axes[0].get_title()
+
+
+def test_a_one_epoch_history_writes_its_values_instead_of_drawing_a_curve():
+    figure = learning_curves({"loss": [0.41], "accuracy": [0.81], "val_loss": [0.45], "val_accuracy": [0.79]})
+
+    loss, accuracy = figure.axes
+    assert accuracy.get_title() == "accuracy (1 epoch: values written)"
+    assert {text.get_text() for text in accuracy.texts} == {"0.8100", "0.7900"}
+    assert {text.get_text() for text in loss.texts} == {"0.4100", "0.4500"}

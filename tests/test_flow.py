@@ -119,6 +119,10 @@ def test_parent_run_holds_test_metrics_plots_and_the_model(first_run):
     assert metrics["rnn/stopped_by_time_budget"] == 0.0  # an hour is room enough for 4 epochs
     assert "`model/…` the shipped model" in run.data.tags["mlflow.note.content"]
     assert summary.model_kind in run.data.tags["mlflow.note.content"]
+    # Its first lines say what each part scored, and that no budget cut the RNN short.
+    note = run.data.tags["mlflow.note.content"]
+    assert "- RNN: validation accuracy " in note and "(best of " in note and "time budget" not in note
+    assert "- search: " in note and summary.parts and summary.parts[0].startswith("RNN: ")
     # The model is a logged model (MLflow 3) from code: nothing pickled, linked to the run.
     logged = client.search_logged_models(experiment_ids=[run.info.experiment_id])
     assert [m.source_run_id for m in logged if m.source_run_id == run.info.run_id]

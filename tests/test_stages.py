@@ -76,3 +76,43 @@ def test_a_skipped_run_says_why():
         ("Reason", "dataset and config unchanged"),
         ("Champion", "v4"),
     ]
+
+
+@pytest.mark.integration
+def test_the_description_says_which_budget_cut_which_part_and_what_each_scored(tmp_path):
+    """A run whose RNN the time budget stopped after one epoch, and whose search its timeout
+    stopped, must not read like a searched RNN at its best (issue 23, item 8)."""
+    from pipeline import search, stages, tracking
+    from pipeline.config import HParams
+    from pipeline.stores import resolve
+    from pipeline.train import TrainResult
+
+    cfg = build_config(
+        {
+            "tracking.tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "train.time_budget": 300,
+            "train.epochs": 8,
+            "search.timeout": 900,
+        }
+    )
+    rnn = TrainResult({"val_accuracy": [0.8712]}, 1, 1, 0.8712, 301.0, (200,))
+    final = stages.FinalModel(None, HParams(), rnn, "rnn+bigrams", 10_002)
+    searched = search.SearchResult(HParams(), 0.87, 3, 5, 2, 0, 905.0)
+    dataset = tracking.DatasetRecord("d" * 64, "/data/aclImdb_v1.tar.gz", {"n_train": 10, "n_test": 4})
+    with tracking.pipeline_run(resolve(cfg), "parts", {}, dataset, "parts") as run:
+        run.log_metrics(
+            {
+                "rnn/stopped_by_time_budget": 1.0,
+                "blend/val_accuracy_bigrams": 0.8891,
+                "blend/val_accuracy_rnn_bigrams": 0.8903,
+                "blend/blend_weight_rnn": 0.3,
+            }
+        )
+        parts = stages._parts(cfg, run, final, searched)
+    assert parts == (
+        "RNN: validation accuracy 0.8712 (best of 1 of 8 epochs), stopped by the time budget (train.time_budget 300 s)",
+        "companion (bag of n-grams) alone: validation accuracy 0.8891",
+        "the blend shipped: validation accuracy 0.8903, the RNN's weight 0.30",
+        "search: 5 complete and 2 pruned trials in the study; this search was stopped by its time budget "
+        "(search.timeout 900 s)",
+    )

@@ -54,3 +54,14 @@ def test_every_study_plot_is_drawn_and_the_learning_rate_axis_is_logarithmic(stu
     html = study_report.html_page(interactive, "Study plots")
     assert html.count("<section>") == len(names) and html.count("* plotly.js v") == 1  # embedded once
 
+
+
+def test_importances_from_few_complete_trials_say_so_on_the_plot(study):
+    complete = len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE])
+    assert complete < 10  # the fixture's study is small: the caveat must show
+    interactive = study_report.interactive_plots(study, "val_accuracy")
+    static = study_report.static_plots(study, "val_accuracy")
+    caveat = f"(from {complete} complete trials: rough below 10)"
+    assert caveat in interactive["param_importances"].layout.title.text
+    assert caveat in static["param_importances"]._suptitle.get_text()
+    assert "rough" not in interactive["slice"].layout.title.text

@@ -170,6 +170,9 @@ def test_every_trial_logs_each_value_optuna_saw_the_pruned_one_included(ui_store
         assert run.data.metrics["objective"] == pytest.approx(expected, abs=1e-6), f"trial {trial.number}"
     for trial in pruned:
         assert runs[trial.number].info.status == "KILLED" and runs[trial.number].data.tags["outcome"] == "pruned"
+        # Epochs counted from 1, as the trial's name and its metric steps count them.
+        reason = runs[trial.number].data.tags["pruned_reason"]
+        assert f"pruner after epoch {len(trial.intermediate_values)} (" in reason, reason
 
 
 @pytest.fixture(scope="module")
