@@ -141,6 +141,36 @@ def read_reviews(path: Path) -> RawDataset:
     return RawDataset(splits["train"], splits["test"], digest.hexdigest(), str(path), skipped)
 
 
+def check_source(cfg: DataConfig) -> None:
+    """The dataset's layout and the archive's integrity, checked in seconds before any heavy
+    import or server start (a truncated archive was reported after 33 s, an empty folder after
+    42): every split has pos and neg reviews, and the whole archive decompresses. Skipped when
+    prepared arrays of this very source are cached (it was read whole then). Raises DataError;
+    what only reading finds (a review that is not UTF-8, too many empty ones) still comes then."""
+    path = Path(cfg.path)
+    cached = _cache_file(cfg)
+    if not path.exists() or (cached is not None and cached.exists()):
+        return  # a missing path is preflight's to report
+    if path.is_dir():
+        root = _folder_root(path)
+        found = {(split, label) for split in SPLITS for label in LABELS if next((root / split / label).glob("*.txt"), None)}
+    else:
+        found = set()
+        try:
+            with tarfile.open(path, "r|*") as archive:  # a stream: headers only, every byte decompressed
+                for member in archive:
+                    if member.isfile() and _review_name(member.name):
+                        found.add(tuple(member.name.split("/")[-3:-1]))
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
+            raise DataError(f"cannot read archive {path}: {error or type(error).__name__}") from None
+    for split in SPLITS:
+        missing = [label for label in LABELS if (split, label) not in found]
+        if len(missing) == len(LABELS):
+            raise DataError(f"{path}: no reviews under aclImdb/{split}/pos or aclImdb/{split}/neg")
+        if missing:
+            raise DataError(f"{path}: split '{split}' has one class only (no {missing[0]} reviews); need pos and neg")
+
+
 def _allow_few_empty(names: list[str], kept: int, path: Path, split: str) -> None:
     """Skip a few empty review files with a warning naming them; DataError past MAX_EMPTY_SHARE."""
     if not names:
@@ -171,10 +201,16 @@ def _read_archive(path: Path) -> Iterator[tuple[str, bytes]]:
         raise DataError(f"cannot read archive {path}: {error}") from error
 
 
-def _read_folder(path: Path) -> Iterator[tuple[str, bytes]]:
+def _folder_root(path: Path) -> Path:
+    """The folder holding train/ and test/ (the extracted archive's aclImdb/, or ``path``)."""
     root = path / "aclImdb" if (path / "aclImdb").is_dir() else path
     if not any((root / split / label).is_dir() for split in SPLITS for label in LABELS):
         raise DataError(f"{path}: expected train/pos, train/neg, test/pos, test/neg folders")
+    return root
+
+
+def _read_folder(path: Path) -> Iterator[tuple[str, bytes]]:
+    root = _folder_root(path)
     for file in sorted(root.glob("*/*/*.txt")):
         name = f"aclImdb/{file.relative_to(root).as_posix()}"
         if _review_name(name):

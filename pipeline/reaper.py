@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 from pipeline.config import PipelineConfig
+from pipeline.data import check_source
 from pipeline.liveness import is_gone
 from pipeline.stores import Stores, preflight, resolve, store_exists
 
@@ -19,9 +20,10 @@ log = logging.getLogger(__name__)
 
 
 def open_stores(cfg: PipelineConfig, study: bool = True) -> Stores:
-    """``preflight`` (a dead store or a missing dataset: one line, in seconds), then close what
-    died on this machine."""
+    """``preflight`` (a dead store or a missing dataset: one line, in seconds), the dataset's
+    layout (``data.check_source``), then close what died on this machine."""
     stores = preflight(cfg, study=study)
+    check_source(cfg.data)  # an empty folder or a broken archive: one line in seconds too
     close_what_died(stores, cfg)
     return stores
 

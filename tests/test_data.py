@@ -190,6 +190,35 @@ def test_corrupt_archive_is_named(make_archive, tmp_path, damage):
         read_reviews(archive)
 
 
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty folder", "one class"])
+def test_the_source_check_finds_a_broken_dataset_before_any_reading(
+    make_archive, make_folder, make_reviews, tmp_path, data_config, damage
+):
+    """What the commands check in seconds, before Prefect or TensorFlow start (``open_stores``)."""
+    from pipeline.data import check_source
+
+    if damage == "garbage":
+        source = tmp_path / "broken.tar.gz"
+        source.write_bytes(b"this is not a tarball\n" * 50)
+    elif damage == "truncated":
+        whole = make_archive().read_bytes()
+        source = tmp_path / "broken.tar.gz"
+        source.write_bytes(whole[: len(whole) // 2])
+    elif damage == "empty folder":
+        source = tmp_path / "empty"
+        for split in ("train", "test"):
+            for label in ("pos", "neg"):
+                (source / split / label).mkdir(parents=True)
+    else:
+        reviews = make_reviews()
+        reviews[("test", "neg")] = []
+        source = make_folder("one-class", reviews)
+    expected = {"garbage": "broken.tar.gz", "truncated": "broken.tar.gz", "empty folder": "no reviews under"}
+    with pytest.raises(DataError, match=expected.get(damage, "one class only")):
+        check_source(data_config(source))
+    check_source(data_config(make_archive()))  # a sound one passes
+
+
 def test_folder_without_pos_and_neg_is_named(tmp_path):
     (tmp_path / "reviews" / "train" / "good").mkdir(parents=True)
 
