@@ -205,6 +205,9 @@ _QUIET = {
     "prefect": logging.WARNING,
     "mlflow": logging.WARNING,
     "mlflow.pyfunc": logging.ERROR,  # "python_model is cloudpickled": how the pyfunc is saved
+    # "SQLAlchemy database error" and its traceback, for an error that is raised anyway and
+    # reported in one line (a read-only store printed 649 lines before it).
+    "mlflow.store.db.utils": logging.CRITICAL,
     "tensorflow": logging.ERROR,  # retracing notes: each length bucket is a batch shape
 }
 

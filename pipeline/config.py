@@ -104,6 +104,12 @@ class DataConfig(_Frozen):
         STATE_ROOT / ".cache" / "prepared", description="where prepared arrays are cached; none: no cache"
     )
 
+    @field_validator("cache_dir", mode="before")
+    @classmethod
+    def _no_cache(cls, value: Any) -> Any:
+        """``none`` (from --cache-dir or SENTIMENT_DATA_CACHE_DIR) is no cache, not a folder of that name."""
+        return None if isinstance(value, str | Path) and str(value).strip().lower() in ("none", "") else value
+
     @field_validator("path", "cache_dir")
     @classmethod
     def _absolute(cls, path: Path | None) -> Path | None:

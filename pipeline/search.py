@@ -21,7 +21,6 @@ import logging
 import math
 import multiprocessing
 import os
-import re
 import socket
 import time
 import warnings
@@ -57,7 +56,7 @@ from pipeline.model import multiply_adds_per_token
 from pipeline.progress import Progress
 from pipeline.secrets import redact
 from pipeline.signals import raise_on_signals, stop_on_signals
-from pipeline.stores import StoreError, database_pool, is_transient, tracking_unreachable
+from pipeline.stores import StoreError, database_pool, failed_store, is_transient, tracking_unreachable
 from pipeline.train import EpochMetrics, train_model
 
 log = logging.getLogger(__name__)
@@ -635,16 +634,18 @@ def _optimize(
         MaxTrialsCallback(failed + max(left, 2), states=(TrialState.FAIL,)),
     ]
 
-    outage: list[BaseException] = []  # the tracking store's failure that stopped the search
+    outage: list[StoreError] = []  # the store failure that stopped the search
+    stores = getattr(trial_tracker, "stores", None)
+    where = (getattr(stores, "tracking_uri", ""), getattr(stores, "study_storage", None) or cfg.search.storage)
 
     def objective(trial: optuna.Trial) -> float:
         try:
             return tracked_trial(trial)
         except Exception as error:
-            if tracking_unreachable(error):
+            if (failure := _store_outage(error, where)) is not None:
                 # Not this trial's fault: every next trial would fail the same way in 40 ms
                 # (13 FAIL trials in 21 s, once). This one is failed; no other starts.
-                outage.append(error)
+                outage.append(failure)
                 trial.study.stop()
             raise
 
@@ -692,15 +693,28 @@ def _optimize(
                 )
         return result.best_value
 
-    study.optimize(
-        objective, timeout=cfg.search.timeout, catch=(Exception,), callbacks=until, gc_after_trial=True
-    )
+    try:
+        study.optimize(
+            objective, timeout=cfg.search.timeout, catch=(Exception,), callbacks=until, gc_after_trial=True
+        )
+    except Exception as error:
+        # Optuna's own writes (a trial's start or end: "AssertionError: Should not reach." from
+        # its finally when the storage turned read-only) fail outside the objective.
+        if (failure := _store_outage(error, where)) is None:
+            raise
+        raise failure from error
     if outage:
-        where = getattr(getattr(trial_tracker, "stores", None), "tracking_uri", "")
-        text = str(outage[0])
-        errno = re.search(r"\[Errno -?\d+\][^'\")]*", text)  # urllib3's 300 characters, to the point
-        reason = errno.group(0).strip() if errno else text.strip().splitlines()[0][:200]
-        raise StoreError(f"MLflow tracking store {where}: lost during the search ({reason})")
+        raise outage[0]
+
+
+def _store_outage(error: BaseException, where: tuple[str, str | None]) -> StoreError | None:
+    """The store failure that must stop the search, or None: a tracking store out of reach, or
+    a store that refuses writes. A database blip (a restart, a lock) is ridden out by the next
+    trial or a worker's rejoin instead."""
+    failure = failed_store(error, *where, when=" during the search")
+    if failure is None or (_rejoinable(error) and not tracking_unreachable(error)):
+        return None
+    return failure
 
 
 def _optimize_in_workers(

@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import tempfile
 import threading
 import urllib.error
@@ -423,6 +424,50 @@ def tracking_unreachable(error: BaseException | None) -> bool:
             return True
         error = error.__context__
     return False
+
+
+def failed_store(
+    error: BaseException | None, tracking_uri: str, storage_uri: str | None, when: str = ""
+) -> StoreError | None:
+    """``error`` as the store that failed, in one line (``when``: " during the search"), or None
+    when no store is at fault.
+
+    A store out of reach (past the tracking layer's retries) or refusing writes mid-run (an
+    SQLite file made read-only, a full disk, a database that went away) is not a failed trial
+    or stage: the caller stops and says which store, instead of MLflow's and SQLAlchemy's
+    multi-line texts (649 stderr lines once). MLflow wraps its database's errors in an
+    MlflowException; Optuna's arrive bare or as StorageInternalError."""
+    from mlflow.exceptions import MlflowException
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import OperationalError
+
+    tracking, storage = f"MLflow tracking store {tracking_uri}", f"Optuna study storage {storage_uri or ''}".rstrip()
+    chain: list[BaseException] = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    # The database's own error first: MLflow calls every one of them TEMPORARILY_UNAVAILABLE.
+    found = [depth for depth, link in enumerate(chain) if isinstance(link, OperationalError | StorageInternalError)]
+    if found:
+        store = tracking if any(isinstance(outer, MlflowException) for outer in chain[: found[0]]) else storage
+        # The driver's words, under Optuna's "An exception is raised during the commit".
+        said = next((chain[d] for d in found if isinstance(chain[d], OperationalError)), chain[found[0]])
+        return StoreError(f"{store}: cannot write{when} ({_to_the_point(said)})")
+    for link in chain:
+        if isinstance(link, MlflowException | ConnectionError) and tracking_unreachable(link):
+            return StoreError(f"{tracking}: {'lost' if when else 'cannot connect'}{when} ({_to_the_point(link)})")
+    return None
+
+
+def _to_the_point(error: BaseException) -> str:
+    """The driver's own words (SQLAlchemy's "(sqlite3.OperationalError) unable to open database
+    file" without its SQL, parameters and link; urllib3's errno without its 300 characters)."""
+    text = str(getattr(error, "orig", None) or error)
+    errno = re.search(r"\[Errno -?\d+\][^'\")]*", text)
+    if errno:
+        return errno.group(0).strip()
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith(("[SQL", "[parameters", "(Background", "(raised as"))]
+    return (lines[0] if lines else type(error).__name__).strip()[:200]
 
 
 _TRANSIENT = (

@@ -29,7 +29,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, ML
 
 from pipeline.liveness import here, is_gone, repeating
 from pipeline.secrets import redact, redact_value
-from pipeline.stores import Stores, mlflow_global_uri, tracking_unreachable
+from pipeline.stores import StoreError, Stores, failed_store, mlflow_global_uri
 
 log = logging.getLogger(__name__)
 
@@ -275,10 +275,14 @@ def open_run(
     try:
         yield handle
     except Exception as error:
+        # A store that failed under the run says so in one line, not in SQLAlchemy's SQL text.
+        failure = None if isinstance(error, StoreError) else failed_store(error, stores.tracking_uri, stores.study_storage)
         if not handle.ended:
-            reason = f"{type(error).__name__}: {error}"[:5000]
+            reason = f"{type(failure or error).__name__}: {failure or error}"[:5000]
             with _unless_unreachable(handle):
                 handle.end(RunStatus.to_string(RunStatus.FAILED), {"outcome": "failed", "failure_reason": reason})
+        if failure is not None:
+            raise failure from error
         raise
     except BaseException as stopped:  # Ctrl-C, SIGTERM (Prefect's TerminationSignal), exit: not broken
         if not handle.ended:
@@ -291,15 +295,16 @@ def open_run(
 
 @contextmanager
 def _unless_unreachable(handle: RunHandle) -> Iterator[None]:
-    """Closing a run on the way out of an error: a tracking store out of reach must not replace
-    the error that says so (or the real one) with urllib3's text. The run stays RUNNING, and the
-    next command on this machine closes it (``pipeline.reaper``)."""
+    """Closing a run on the way out of an error: a tracking store out of reach or refusing
+    writes must not replace the error that says so (or the real one) with urllib3's or
+    SQLAlchemy's text. The run stays RUNNING, and the next command on this machine closes it
+    (``pipeline.reaper``)."""
     try:
         yield
     except Exception as closing:
-        if not tracking_unreachable(closing):
+        if failed_store(closing, handle.stores.tracking_uri, None) is None:
             raise
-        log.debug("run %s left open: the tracking store is out of reach", handle.run_id)
+        log.debug("run %s left open: the tracking store is out of reach or read-only", handle.run_id)
 
 
 @functools.cache

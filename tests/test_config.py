@@ -254,3 +254,11 @@ def test_flags_are_unique_and_env_vars_follow_the_dotted_names():
     assert len(flags) == len(set(flags))
     assert flag("data.max_len") == "--max-len" and flag("search.max_len") == "--search-max-len"
     assert env_var("search.max_len") == "SENTIMENT_SEARCH_MAX_LEN"
+
+
+@pytest.mark.parametrize("given", [Path("none"), "none", "None"])
+def test_cache_dir_none_is_no_cache_not_a_folder_named_none(given, monkeypatch):
+    """--help says 'none: no cache'; `--cache-dir none` made a folder ./none and cached there."""
+    assert load_config({"data.cache_dir": given}).data.cache_dir is None
+    monkeypatch.setenv("SENTIMENT_DATA_CACHE_DIR", "none")
+    assert load_config().data.cache_dir is None

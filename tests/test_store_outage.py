@@ -80,3 +80,44 @@ def test_a_tracking_server_lost_mid_search_stops_it_in_one_line_and_the_next_run
         assert len(finished) >= 4
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("store", ["mlflow", "optuna"])
+def test_a_store_made_read_only_mid_search_stops_it_in_one_line(tmp_path, store):
+    """Issue 24: an SQLite store made read-only during the search printed 548 (tracking) or 724
+    (study) stderr lines, MLflow's logged tracebacks and Optuna's 'AssertionError: Should not
+    reach.', before SQLAlchemy's SQL text. One line now, naming the store."""
+    (tmp_path / "mlflow").mkdir()
+    (tmp_path / "optuna").mkdir()
+    locked = tmp_path / store
+    if subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported here")
+    subprocess.run(["chattr", "-i", str(locked)], check=True)
+    command = [str(Path(sys.executable).parent / "sentiment"), "run", "--data", str(SAMPLE_ARCHIVE)]
+    command += ["--limit", "400", "--max-len", "200", "--vocab-size", "2000", "--workers", "1"]
+    command += ["--trials", "6", "--search-epochs", "2", "--epochs", "1", "--cache-dir", "none"]
+    command += ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"]
+    command += ["--storage", f"sqlite:///{tmp_path / 'optuna' / 'optuna.db'}"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    stderr = b""
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and b"search: trial 1/" not in stderr:
+            chunk = process.stderr.read1(4096)
+            if not chunk:
+                break
+            stderr += chunk
+        assert b"search: trial 1/" in stderr, stderr.decode()[-3000:]
+        subprocess.run(["chattr", "+i", *map(str, locked.iterdir()), str(locked)], check=True)
+        _, rest = process.communicate(timeout=180)
+        stderr += rest
+    finally:
+        if process.poll() is None:
+            process.kill()
+        subprocess.run(["chattr", "-R", "-i", str(locked)], check=False)
+    lines = [line for line in stderr.decode().splitlines() if line.strip()]
+    errors = [line for line in lines if not line.startswith("search: trial")]
+    assert process.returncode == 1, lines
+    what = {"mlflow": "MLflow tracking store", "optuna": "Optuna study storage"}[store]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {what} sqlite:///{locked}"), lines
+    assert "cannot write during the search" in errors[0] and "[SQL" not in errors[0], errors
