@@ -56,8 +56,6 @@ from pipeline.train import (
     train_nbsvm_model,
 )
 
-MODEL_ARTIFACT = "model"
-
 
 @dataclass(frozen=True)
 class FinalModel:
@@ -114,8 +112,9 @@ class RunSummary:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def rows(self) -> list[tuple[str, str]]:
-        """(what, value) lines: outcome, best trial, test metrics, promotion, where to look."""
+    def rows(self, in_the_ui: bool = False) -> list[tuple[str, str]]:
+        """(what, value) lines: outcome, best trial, test metrics, promotion, where to look
+        (``in_the_ui``: for the run page itself, a link within the UI)."""
         if self.skipped:
             rows = [("Outcome", "skipped"), ("Reason", self.champion_check)]
             rows += [("Champion", f"v{self.champion_version}")]
@@ -141,6 +140,12 @@ class RunSummary:
                 promotion = "promoted to champion" if self.promoted else "kept as challenger"
                 rows.append(("Promotion", f"v{self.registered_version} {promotion}: {self.promotion_reason}"))
                 rows.append(("Model URI", f"models:/{self.model_name}/{self.registered_version}"))
+        if in_the_ui:
+            # On the run's own page the UI's address is the page's: a link within it works on
+            # whichever port `sentiment ui` chose, where http://127.0.0.1:5000 may be nothing.
+            fragment = self.run_url[self.run_url.find("#") :] if "#" in self.run_url else self.run_url
+            rows.append(("MLflow run", f"[this run]({fragment})"))
+            return rows
         rows.append(("MLflow run", self.run_url))
         if self.ui_command:
             rows.append(("MLflow UI", self.ui_command))
@@ -150,8 +155,8 @@ class RunSummary:
         width = max(len(name) for name, _ in self.rows())
         return "\n".join(f"{name:<{width}}  {value}" for name, value in self.rows())
 
-    def to_markdown(self) -> str:
-        cells = [f"| {name} | {str(value).replace('|', '/')} |" for name, value in self.rows()]
+    def to_markdown(self, in_the_ui: bool = False) -> str:
+        cells = [f"| {name} | {str(value).replace('|', '/')} |" for name, value in self.rows(in_the_ui)]
         return "\n".join(["| | |", "|---|---|", *cells])
 
     def description(self) -> str:
@@ -164,7 +169,7 @@ class RunSummary:
                 "",
                 *(f"- {part}" for part in self.parts),
                 *([""] if self.parts else []),
-                self.to_markdown(),
+                self.to_markdown(in_the_ui=True),
                 "",
                 "Metrics: `model/…` the shipped model (RNN, or RNN + bag-of-bigrams blend), `rnn/…` and"
                 " `bigrams/…` each trained part per epoch, `blend/…` the validation accuracies behind the"
@@ -548,7 +553,15 @@ def log_model(final: FinalModel, data: PreparedData, run: tracking.RunHandle) ->
         spec = pyfunc_spec(
             final.model, data.vocabulary, data.max_len, final.result.widths, THRESHOLD, Path(tmp)
         )
-        return run.log_model(MODEL_ARTIFACT, spec)
+        return run.log_model(logged_model_name(final, run), spec)
+
+
+def logged_model_name(final: FinalModel, run: tracking.RunHandle) -> str:
+    """What the experiment's Models tab lists: the model and the run that made it
+    (``gru64x2-rnn+bigrams-pipeline-20261207-160546``), not ``model`` for every run."""
+    h = final.hparams
+    run_name = run.client.get_run(run.run_id).info.run_name
+    return f"{'bi' if h.bidirectional else ''}{h.cell}{h.units}x{h.layers}-{final.kind}-{run_name}"
 
 
 def register_model(

@@ -163,7 +163,11 @@ class RunHandle:
 
 
 def param_value(value: Any) -> str:
-    """A param as MLflow stores it: lists and dicts as JSON, cut to MLflow's 6,000 characters."""
+    """A param as MLflow stores it: a float to six significant digits (Optuna's draws read
+    ``learning_rate 0.0011097554561103106``: 0.00110976 is the same model), lists and dicts as
+    JSON, cut to MLflow's 6,000 characters."""
+    if isinstance(value, float):
+        value = float(f"{value:.6g}")
     text = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
     return text[:6000]
 

@@ -125,7 +125,10 @@ def test_parent_run_holds_test_metrics_plots_and_the_model(first_run):
     assert "- search: " in note and summary.parts and summary.parts[0].startswith("RNN: ")
     # The model is a logged model (MLflow 3) from code: nothing pickled, linked to the run.
     logged = client.search_logged_models(experiment_ids=[run.info.experiment_id])
-    assert [m.source_run_id for m in logged if m.source_run_id == run.info.run_id]
+    mine = [m for m in logged if m.source_run_id == run.info.run_id]
+    assert mine
+    # Named by what it is and the run that made it: two runs' models are told apart on the Models tab.
+    assert mine[0].name.endswith(f"-{summary.model_kind}-{run.info.run_name}"), mine[0].name
     version = client.get_model_version("flow-test-model", summary.registered_version)
     assert version.source.removeprefix("models:/") in {m.model_id for m in logged}
 

@@ -65,6 +65,11 @@ def test_the_summary_says_what_happened_in_text_markdown_and_json():
     assert "models:/imdb/2" in text and "mlflow ui --backend-store-uri x" in text
     assert "| Outcome | trained |" in summary.to_markdown()
     assert summary.to_dict()["promoted"] is True
+    # On the run's page the link stays within the UI, on whatever port `sentiment ui` chose
+    # (issue 23: it pointed at port 5000 while `sentiment ui` served elsewhere).
+    description = summary.description()
+    assert "| MLflow run | [this run](#/experiments/1/runs/abc) |" in description
+    assert "127.0.0.1:5000" not in description and "mlflow ui" not in description
 
 
 def test_a_skipped_run_says_why():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -32,7 +32,7 @@ class Store:
     version: str
 
 
-def make_store(root: Path) -> Store:
+def make_store(root: Path, limit: int = 200, trials: int = 6, study: str = "ui-test", promote: bool = True) -> Store:
     """A small real pipeline run (search with pruning, training, evaluation, registration) through
     the same stages the flows run, without Prefect around them."""
     from pipeline import stages
@@ -43,13 +43,13 @@ def make_store(root: Path) -> Store:
         {
             "data.path": SAMPLE_ARCHIVE,
             "data.cache_dir": root / "cache",
-            "data.limit": 200,
+            "data.limit": limit,
             "data.max_len": 120,
             "data.vocab_size": 1500,
-            "search.trials": 6,  # enough for the median pruner to stop one (it did in every run seen)
+            "search.trials": trials,  # 6: enough for the median pruner to stop one (it did in every run seen)
             "search.epochs": 2,
             "search.cells": ("gru",),
-            "search.study_name": "ui-test",
+            "search.study_name": study,
             "train.epochs": 2,
             "tracking.tracking_uri": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
             "tracking.experiment_name": "ui-test",
@@ -65,7 +65,7 @@ def make_store(root: Path) -> Store:
         model_uri = stages.log_model(final, data, run)
         decision = stages.register_model(cfg, model_uri, final, evaluation, data, run)
         stages.summarize(cfg, run, final, evaluation, searched=searched, model_uri=model_uri, decision=decision)
-    if not decision.promoted:  # a tiny model may rightly fail the gate; the page needs a champion
+    if promote and not decision.promoted:  # a tiny model may rightly fail the gate; the page needs a champion
         from pipeline import registry
 
         registry.promote(stores, cfg.tracking, decision.version, "UI test: the page shows @champion")
@@ -140,6 +140,36 @@ def close_assistant(driver) -> None:
 @pytest.fixture(scope="module")
 def ui_store(tmp_path_factory):
     return make_store(tmp_path_factory.mktemp("ui-store"))
+
+
+@pytest.fixture(scope="module")
+def second_run(ui_store):
+    """A second pipeline run into the same store and model name, on other data (more reviews): the
+    registry now holds two versions measured on different test sets."""
+    root = Path(ui_store.cfg.tracking.tracking_uri.removeprefix("sqlite:///")).parents[1]
+    return make_store(root, limit=260, trials=2, study="ui-test-more", promote=False)
+
+
+def test_two_runs_on_different_data_leave_one_champion_and_say_their_test_sets(ui_store, second_run):
+    """Issue 23: after v2 took @champion, v1 still said 'promotion: champion' (two champions in
+    the versions table); both versions' test accuracies stood side by side with nothing to say
+    they were measured on different reviews; both logged models were named 'model'."""
+    from pipeline.stores import resolve
+
+    client = resolve(ui_store.cfg).mlflow_client()
+    versions = {str(v.version): client.get_model_version(MODEL, v.version) for v in client.search_model_versions(f"name = '{MODEL}'")}
+    assert sorted(versions) == ["1", "2"]
+    assert sum("champion" in v.aliases for v in versions.values()) == 1
+    sets = {number: v.tags["test_set"] for number, v in versions.items()}
+    assert sets["1"].startswith("200 reviews") and sets["2"].startswith("260 reviews"), sets
+    for version in versions.values():
+        assert "promotion" not in version.tags  # the alias says who is champion now, tags what was decided
+        assert version.tags["decision"] and "test_accuracy" in version.tags
+    v2 = versions["2"]
+    # v2 was compared with v1 on v2's own test reviews (the McNemar gate), and says so.
+    assert "vs v1" in v2.tags["vs_champion"] and "on the same test reviews" in v2.tags["vs_champion"], v2.tags
+    names = [m.name for m in client.search_logged_models(experiment_ids=[ui_store.experiment_id])]
+    assert len(names) == 2 and len(set(names)) == 2 and all(name != "model" for name in names), names
 
 
 def test_every_trial_logs_each_value_optuna_saw_the_pruned_one_included(ui_store):
@@ -242,7 +272,10 @@ def test_a_person_opening_the_ui_finds_the_runs_the_study_and_the_champion(drive
     study = check_study_view(driver, ui_url, ui_store, tmp_path)
     assert "confident_errors.json" in study and "plots.html" in study
 
-    version = check_model_version(driver, ui_url, ui_store, tmp_path)
+    from pipeline.stores import resolve
+
+    champion = resolve(ui_store.cfg).mlflow_client().get_model_version_by_alias(MODEL, "champion").version
+    version = check_model_version(driver, ui_url, replace(ui_store, version=champion), tmp_path)
     assert "@champion" in version or "champion" in version
     for shot in ("runs_table.png", "study_view.png", "model_version.png"):
         assert (tmp_path / shot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
