@@ -64,6 +64,7 @@ def test_without_search_bidirectional_every_trial_reads_one_way_and_the_study_re
     assert search_space(one_way) != search_space(cfg)  # another space: a study made with the other refuses it
 
 
+@pytest.mark.slow  # 5-12 s of real search or training: make test, not the edit-test loop
 def test_a_second_search_with_the_same_name_resumes_the_study(tiny):
     cfg, data = tiny
     cfg = with_search(cfg, study_name="resume-me")
@@ -203,6 +204,7 @@ def test_a_trial_whose_process_was_killed_is_failed_retried_and_its_runs_closed(
     assert not client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
 
 
+@pytest.mark.slow  # 5-12 s of real search or training: make test, not the edit-test loop
 def test_a_silent_trial_of_another_machine_is_failed_after_three_heartbeats(tiny):
     """A trial whose process is on another machine is judged by its heartbeat alone."""
     import time
@@ -283,6 +285,7 @@ def test_the_cheapest_trial_within_one_standard_error_of_the_best_is_chosen(dire
         assert cheap.number == best
 
 
+@pytest.mark.slow  # 5-12 s of real search or training: make test, not the edit-test loop
 def test_a_search_trains_the_configuration_its_selection_chooses(tiny):
     """The study's result and ``best_hparams`` agree with ``chosen_trial`` under the config's
     selection, and trials record how many validation reviews scored them."""
@@ -299,6 +302,7 @@ def test_a_search_trains_the_configuration_its_selection_chooses(tiny):
     assert best_hparams("selection", cfg.search.storage, "cheapest_within_1se") == result.best_hparams
 
 
+@pytest.mark.slow  # 5-12 s of real search or training: make test, not the edit-test loop
 def test_two_search_workers_start_no_trial_past_the_target(tiny):
     """A worker stops when the finished trials and those running elsewhere reach the target: a
     trial begun past it would keep the whole search waiting for one more fit."""
@@ -352,6 +356,7 @@ def test_a_worker_whose_trial_another_failed_rejoins(tmp_path):
     assert not _rejoinable(ValueError("a bug"))
 
 
+@pytest.mark.slow  # 5-12 s of real search or training: make test, not the edit-test loop
 def test_a_survivor_runs_the_retry_of_a_trial_that_died_elsewhere(tiny):
     """Issue 22: one of two workers was killed mid-trial; the survivor stopped at 7 of 8 because
     the dead trial still counted as running, and left its retry WAITING. The survivor now waits

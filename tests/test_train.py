@@ -55,6 +55,7 @@ def test_a_tiny_model_overfits_a_handful_of_reviews(sample_data):
     assert result.history["val_accuracy"][result.best_epoch - 1] == 1.0
 
 
+@pytest.mark.slow  # 5-12 s of real search or training: make test, not the edit-test loop
 def test_a_time_budget_ends_training_before_an_epoch_that_would_overrun_it(tiny):
     cfg, data = tiny
     cfg = cfg.model_copy(update={"epochs": 3, "patience": 3})
