@@ -56,7 +56,14 @@ from pipeline.model import multiply_adds_per_token
 from pipeline.progress import Progress
 from pipeline.secrets import redact
 from pipeline.signals import raise_on_signals, stop_on_signals
-from pipeline.stores import StoreError, database_pool, failed_store, is_transient, tracking_unreachable
+from pipeline.stores import (
+    StoreError,
+    database_pool,
+    failed_store,
+    is_transient,
+    refuses_writes,
+    tracking_unreachable,
+)
 from pipeline.train import EpochMetrics, train_model
 
 log = logging.getLogger(__name__)
@@ -634,9 +641,9 @@ def _optimize(
         MaxTrialsCallback(failed + max(left, 2), states=(TrialState.FAIL,)),
     ]
 
-    outage: list[StoreError] = []  # the store failure that stopped the search
+    outage: list[tuple[StoreError, Exception]] = []  # the store failure that stopped the search
     stores = getattr(trial_tracker, "stores", None)
-    where = (getattr(stores, "tracking_uri", ""), getattr(stores, "study_storage", None) or cfg.search.storage)
+    where = (getattr(stores, "tracking_uri", ""), getattr(stores, "study_storage_uri", None) or cfg.search.storage)
 
     def objective(trial: optuna.Trial) -> float:
         try:
@@ -645,7 +652,7 @@ def _optimize(
             if (failure := _store_outage(error, where)) is not None:
                 # Not this trial's fault: every next trial would fail the same way in 40 ms
                 # (13 FAIL trials in 21 s, once). This one is failed; no other starts.
-                outage.append(failure)
+                outage.append((failure, error))
                 trial.study.stop()
             raise
 
@@ -704,17 +711,17 @@ def _optimize(
             raise
         raise failure from error
     if outage:
-        raise outage[0]
+        failure, cause = outage[0]
+        raise failure from cause  # the cause chain is what a worker's rejoin reads (_rejoinable)
 
 
 def _store_outage(error: BaseException, where: tuple[str, str | None]) -> StoreError | None:
     """The store failure that must stop the search, or None: a tracking store out of reach, or
-    a store that refuses writes. A database blip (a restart, a lock) is ridden out by the next
-    trial or a worker's rejoin instead."""
-    failure = failed_store(error, *where, when=" during the search")
-    if failure is None or (_rejoinable(error) and not tracking_unreachable(error)):
+    a store that refuses writes (read-only, full). A database blip (a restart, a lock) fails
+    only the trial in hand: the next trial, or a worker's rejoin, rides it out."""
+    if not (tracking_unreachable(error) or refuses_writes(error)):
         return None
-    return failure
+    return failed_store(error, *where, when=" during the search")
 
 
 def _optimize_in_workers(

@@ -12,6 +12,7 @@ Keras, Optuna and MLflow meet here and nowhere above: ``train``/``search`` know 
 
 from __future__ import annotations
 
+import re
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -187,7 +188,8 @@ def _parts(
     stopped it must not read like a searched RNN at its best)."""
     metrics = run.client.get_run(run.run_id).data.metrics
     rnn = final.result
-    line = f"RNN: validation accuracy {rnn.best_value:.4f} (best of {rnn.epochs} of {cfg.train.epochs} epochs)"
+    monitored = {"val_accuracy": "validation accuracy", "val_loss": "validation loss"}.get(cfg.train.monitor, cfg.train.monitor)
+    line = f"RNN: {monitored} {rnn.best_value:.4f} (best of {rnn.epochs} of {cfg.train.epochs} epochs)"
     if metrics.get("rnn/stopped_by_time_budget") == 1.0:
         line += f", stopped by the time budget (train.time_budget {cfg.train.time_budget:g} s)"
     lines = [line]
@@ -560,8 +562,9 @@ def logged_model_name(final: FinalModel, run: tracking.RunHandle) -> str:
     """What the experiment's Models tab lists: the model and the run that made it
     (``gru64x2-rnn+bigrams-pipeline-20261207-160546``), not ``model`` for every run."""
     h = final.hparams
-    run_name = run.client.get_run(run.run_id).info.run_name
-    return f"{'bi' if h.bidirectional else ''}{h.cell}{h.units}x{h.layers}-{final.kind}-{run_name}"
+    run_name = run.client.get_run(run.run_id).info.run_name or run.run_id
+    name = f"{'bi' if h.bidirectional else ''}{h.cell}{h.units}x{h.layers}-{final.kind}-{run_name}"
+    return re.sub(r"[/:.%\"']", "-", name)  # what MLflow refuses in a logged model's name
 
 
 def register_model(

@@ -438,31 +438,54 @@ def failed_store(
     multi-line texts (649 stderr lines once). MLflow wraps its database's errors in an
     MlflowException; Optuna's arrive bare or as StorageInternalError."""
     from mlflow.exceptions import MlflowException
-    from optuna.exceptions import StorageInternalError
     from sqlalchemy.exc import OperationalError
 
     tracking, storage = f"MLflow tracking store {tracking_uri}", f"Optuna study storage {storage_uri or ''}".rstrip()
     chain: list[BaseException] = []
     while error is not None and error not in chain:
         chain.append(error)
-        error = error.__cause__ or error.__context__
-    # The database's own error first: MLflow calls every one of them TEMPORARILY_UNAVAILABLE.
-    found = [depth for depth, link in enumerate(chain) if isinstance(link, OperationalError | StorageInternalError)]
-    if found:
-        store = tracking if any(isinstance(outer, MlflowException) for outer in chain[: found[0]]) else storage
-        # The driver's words, under Optuna's "An exception is raised during the commit".
-        said = next((chain[d] for d in found if isinstance(chain[d], OperationalError)), chain[found[0]])
-        return StoreError(f"{store}: cannot write{when} ({_to_the_point(said)})")
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    # The database's own error first (MLflow calls every one of them TEMPORARILY_UNAVAILABLE):
+    # its driver's OperationalError, under MLflow's MlflowException or Optuna's
+    # StorageInternalError. Optuna wraps a value too long (DataError) the same way: not a store
+    # failure, that trial's own.
+    found = next((depth for depth, link in enumerate(chain) if isinstance(link, OperationalError)), None)
+    if found is not None:
+        store = tracking if any(isinstance(outer, MlflowException) for outer in chain[:found]) else storage
+        return StoreError(f"{store}: cannot write{when} ({_to_the_point(chain[found])})")
     for link in chain:
         if isinstance(link, MlflowException | ConnectionError) and tracking_unreachable(link):
             return StoreError(f"{tracking}: {'lost' if when else 'cannot connect'}{when} ({_to_the_point(link)})")
     return None
 
 
+def refuses_writes(error: BaseException | None) -> bool:
+    """Whether ``error`` (or one it was raised while handling) is a store that will not take a
+    write until someone acts (a read-only file or folder, a full disk): a retry cannot help,
+    unlike a database restart or a lock, which the next try rides out."""
+    while error is not None:
+        text = str(getattr(error, "orig", None) or error).lower()
+        if any(sign in text for sign in _REFUSES_WRITES):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+_REFUSES_WRITES = (
+    "readonly database",
+    "read-only",
+    "unable to open database file",
+    "database or disk is full",
+    "disk i/o error",
+    "no space left",
+    "permission denied",
+)
+
+
 def _to_the_point(error: BaseException) -> str:
     """The driver's own words (SQLAlchemy's "(sqlite3.OperationalError) unable to open database
     file" without its SQL, parameters and link; urllib3's errno without its 300 characters)."""
-    text = str(getattr(error, "orig", None) or error)
+    text = redact(str(getattr(error, "orig", None) or error))  # before it is cut: a long token's "@" may go
     errno = re.search(r"\[Errno -?\d+\][^'\")]*", text)
     if errno:
         return errno.group(0).strip()

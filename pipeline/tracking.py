@@ -281,7 +281,7 @@ def open_run(
         yield handle
     except Exception as error:
         # A store that failed under the run says so in one line, not in SQLAlchemy's SQL text.
-        failure = None if isinstance(error, StoreError) else failed_store(error, stores.tracking_uri, stores.study_storage)
+        failure = None if isinstance(error, StoreError) else failed_store(error, stores.tracking_uri, stores.study_storage_uri)
         if not handle.ended:
             reason = f"{type(failure or error).__name__}: {failure or error}"[:5000]
             with _unless_unreachable(handle):

@@ -86,3 +86,55 @@ def test_a_local_model_folder_is_used_as_it_is(tmp_path):
 
     assert stores.download_model(str(tmp_path)) == str(tmp_path)
     assert Path(stores.tracking_uri.removeprefix("sqlite:///")).parent == tmp_path
+
+
+def _raised(error: BaseException, wrapper: BaseException | None = None) -> BaseException:
+    """``wrapper`` raised from ``error``, as MLflow and Optuna raise them (``raise … from e``)."""
+    try:
+        try:
+            raise error
+        except BaseException as inner:
+            if wrapper is None:
+                raise
+            raise wrapper from inner
+    except BaseException as outer:
+        return outer
+
+
+def _operational(text: str):
+    from sqlalchemy.exc import OperationalError
+
+    return OperationalError("INSERT INTO tags VALUES (?)", ("x",), Exception(text))
+
+
+def test_a_read_only_store_is_named_in_one_line_and_stops_the_search():
+    from mlflow.exceptions import MlflowException
+    from optuna.exceptions import StorageInternalError
+
+    from pipeline.stores import failed_store, refuses_writes
+
+    tracking, storage = "sqlite:////s/mlflow.db", "postgresql://u:secret@db/optuna"
+    through_mlflow = _raised(_operational("unable to open database file"), MlflowException("(sqlite3) …"))
+    failure = failed_store(through_mlflow, tracking, storage, when=" during the search")
+    assert str(failure) == f"MLflow tracking store {tracking}: cannot write during the search (unable to open database file)"
+    assert refuses_writes(through_mlflow)
+
+    through_optuna = _raised(_operational("attempt to write a readonly database"), StorageInternalError("commit"))
+    failure = failed_store(through_optuna, tracking, storage)
+    assert str(failure) == "Optuna study storage postgresql://u:***@db/optuna: cannot write (attempt to write a readonly database)"
+    assert "\n" not in str(failure) and "INSERT" not in str(failure)
+
+
+def test_a_database_restart_or_a_bad_value_does_not_stop_the_search():
+    """A restart is ridden out by the next trial or a rejoin; a value Optuna's database refused
+    (wrapped like a store failure) is that trial's own error."""
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import DataError
+
+    from pipeline.stores import failed_store, refuses_writes
+
+    restart = _raised(_operational("server closed the connection unexpectedly"), StorageInternalError("commit"))
+    assert not refuses_writes(restart)
+    too_long = _raised(DataError("UPDATE", (), Exception("value too long")), StorageInternalError("commit"))
+    assert failed_store(too_long, "sqlite:////s/mlflow.db", "sqlite:////s/optuna.db") is None
+    assert failed_store(ValueError("a bug"), "sqlite:////s/mlflow.db", None) is None
