@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from pipeline.config import ConfigError, build_config
@@ -114,6 +116,12 @@ def test_the_description_says_which_budget_cut_which_part_and_what_each_scored(t
             }
         )
         parts = stages._parts(cfg, run, final, searched)
+        # The Models tab tells runs' models apart, and MLflow's refused characters are gone.
+        assert stages.logged_model_name(replace(final, hparams=HParams(cell="lstm", units=64, layers=2)), run) == (
+            "lstm64x2-rnn+bigrams-parts"
+        )
+        named = run.client.create_run(run.experiment_id, run_name="nightly: v1.2/a").info.run_id
+        assert stages.logged_model_name(final, replace(run, run_id=named)) == "gru32x1-rnn+bigrams-nightly- v1-2-a"
     assert parts == (
         "RNN: validation accuracy 0.8712 (best of 1 of 8 epochs), stopped by the time budget (train.time_budget 300 s)",
         "companion (bag of n-grams) alone: validation accuracy 0.8891",
