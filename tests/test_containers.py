@@ -240,7 +240,9 @@ def test_a_killed_worker_loses_nothing(stack):
         except KeyError:  # the study is not made yet
             running = []
         for trial in running:
-            if (cid := _container_of_pid_namespace(stack, trial.user_attrs["pid_namespace"])) is not None:
+            # A trial's owner is written one attribute at a time: this one may not be there yet.
+            namespace = trial.user_attrs.get("pid_namespace")
+            if namespace is not None and (cid := _container_of_pid_namespace(stack, namespace)) is not None:
                 victim = (trial.number, cid)
                 break
         time.sleep(0.5)
