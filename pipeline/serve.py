@@ -279,8 +279,11 @@ def serving_modules() -> list[str]:
 
 
 def _signature():
-    """``text`` in, (probability, label) out. The input column is typed Any so that MLflow hands a
-    None or a number to the model, which names the row, instead of casting it to "None" or "1"."""
+    """``text`` in, (probability, label) out. The column holds strings, but it is typed Any on
+    purpose: under a string column MLflow 3.17's server casts ``{"inputs": [...]}`` with
+    ``np.array(values, str)`` (``proto_json_utils.convert_data_type``) before the model sees it,
+    so a missing review would be scored as the word "None" and a number as its digits. Typed Any,
+    the model gets what was sent and names the bad row (``review_texts``)."""
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.types.schema import AnyType, ColSpec, Schema
 
