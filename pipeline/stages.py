@@ -267,15 +267,16 @@ def pipeline_run(
     beat = cfg.search.heartbeat_seconds  # as the study's trials: three silent beats mean dead
     tracking.close_dead_runs(stores, cfg.tracking.experiment_name, study, silent_for=3 * beat)
     with tracking.pipeline_run(
-        stores, cfg.tracking.experiment_name, params, dataset_record(data), run_name, tags=study | places
+        stores, cfg.tracking.experiment_name, params, dataset_record(data), run_name, tags=study, closing_tags=places
     ) as run, tracking.heartbeat(run, beat):
         yield run
 
 
 def _place_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """Params that say where things live on this machine (absolute paths, store URIs) are no
-    hyperparameters to compare runs by: their full values go to ``where.…`` tags, and a path
-    inside the project stays a param, relative to it (``pipeline/sample/…``)."""
+    hyperparameters to compare runs by: their full values go to ``where.…`` tags (written as the
+    run ends, after the tags that say how it went), and a path inside the project stays a param,
+    relative to it (``pipeline/sample/…``)."""
     kept, places = {}, {}
     for key, value in params.items():
         if key not in _PLACES:

@@ -59,6 +59,9 @@ class RunHandle:
     stores: Stores
     ended: bool = field(default=False, compare=False)
     last_step: int = field(default=0, compare=False)  # the highest metric step logged (epochs)
+    # Tags written as the run ends: the run page lists tags in the order they were first written,
+    # and what only says where things live (absolute paths, store URIs) goes after the outcome.
+    closing_tags: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     # Every param, tag, description and text this handle writes is redacted (``secrets``): a
     # store URI's password never reaches a run, whichever stage's values carry it.
@@ -145,11 +148,16 @@ class RunHandle:
         self.end(RunStatus.to_string(RunStatus.KILLED), tags)
 
     def end(self, status: str, tags: Mapping[str, Any] | None = None) -> None:
-        """Close the run as ``status`` (FINISHED, FAILED, KILLED) with ``tags`` that say why."""
-        if tags:
-            self.set_tags(tags)
+        """Close the run as ``status`` (FINISHED, FAILED, KILLED) with ``tags`` that say why, then
+        drop the tags that only told a live run from a dead one (owner pid, heartbeat): a closed
+        run needs neither, and they crowded its useful tags on the run page."""
+        self.set_tags({**(tags or {}), **self.closing_tags})
         self.client.set_terminated(self.run_id, status)
         self.ended = True
+        # After the status: a run still RUNNING must keep what lets the next command close it.
+        for key in self.client.get_run(self.run_id).data.tags:
+            if key.startswith(OWNER_PREFIX) or key == HEARTBEAT_TAG:
+                self.client.delete_tag(self.run_id, key)
 
     def link(self, ui_url: str | None = None) -> str:
         """The run's page in the MLflow UI at ``ui_url`` (default: where the stores say), in the
@@ -266,17 +274,23 @@ def experiment_id(client: MlflowClient, stores: Stores, name: str) -> str:
 
 @contextmanager
 def open_run(
-    stores: Stores, experiment_name: str, run_name: str, tags: Mapping[str, str]
+    stores: Stores,
+    experiment_name: str,
+    run_name: str,
+    tags: Mapping[str, str],
+    closing_tags: Mapping[str, str] | None = None,
 ) -> Iterator[RunHandle]:
     """A run that always ends: FINISHED, FAILED with the reason tagged, or KILLED when the process
-    is interrupted (Ctrl-C, SIGTERM), unless its owner ended it already (``RunHandle.end``)."""
+    is interrupted (Ctrl-C, SIGTERM), unless its owner ended it already (``RunHandle.end``).
+    ``closing_tags`` are written as it ends (``RunHandle.closing_tags``)."""
     client = stores.mlflow_client()
     exp_id = experiment_id(client, stores, experiment_name)
     # MLflow's own context tags (source, user), as its fluent start_run sets them, and the commit.
     context = resolve_tags() | _git_commit()
     tags = {key: redact(str(value)) for key, value in {**context, MLFLOW_RUN_NAME: run_name, **tags}.items()}
     run = client.create_run(exp_id, run_name=run_name, tags=tags)
-    handle = RunHandle(client, run.info.run_id, exp_id, stores)
+    closing = {key: redact(str(value)) for key, value in (closing_tags or {}).items()}
+    handle = RunHandle(client, run.info.run_id, exp_id, stores, closing_tags=closing)
     try:
         yield handle
     except Exception as error:
@@ -341,12 +355,15 @@ def pipeline_run(
     dataset: DatasetRecord,
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
+    closing_tags: Mapping[str, str] | None = None,
 ) -> Iterator[RunHandle]:
     """The parent run of one pipeline run: the whole config as dotted params, the dataset as input.
-    It carries this process's ``liveness.here()``, so the next run can tell it was killed."""
+    While it runs it carries this process's ``liveness.here()``, so the next run can tell it was
+    killed; ``closing_tags`` are written as it ends."""
     name = run_name or f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}"
-    owner = {f"owner_{key}": str(value) for key, value in here().items()}
-    with open_run(stores, experiment_name, name, {"stage": "pipeline", **owner, **(tags or {})}) as run:
+    owner = {f"{OWNER_PREFIX}{key}": str(value) for key, value in here().items()}
+    run_tags = {"stage": "pipeline", **(tags or {}), **owner}
+    with open_run(stores, experiment_name, name, run_tags, closing_tags) as run:
         run.log_params(params)
         log_dataset(run, dataset)
         yield run
@@ -367,7 +384,7 @@ def close_dead_runs(
     closed = []
     for found in client.search_runs([experiment.experiment_id], query):
         run_tags = found.data.tags
-        owner = {key.removeprefix("owner_"): value for key, value in run_tags.items() if key.startswith("owner_")}
+        owner = {key.removeprefix(OWNER_PREFIX): value for key, value in run_tags.items() if key.startswith(OWNER_PREFIX)}
         beat = float(run_tags.get(HEARTBEAT_TAG, "inf"))
         if is_gone(owner):
             reason = f"its process is gone (pid {owner.get('pid')}: killed)"
@@ -383,6 +400,7 @@ def close_dead_runs(
 
 
 HEARTBEAT_TAG = "heartbeat"
+OWNER_PREFIX = "owner_"  # owner_host, owner_pid, ...: liveness.here() of the process that runs it
 
 
 @contextmanager
@@ -545,7 +563,7 @@ def _trial_run(tracker: TrialTracker, number: int, params: Mapping[str, Any]) ->
     tags = {MLFLOW_PARENT_RUN_ID: tracker.parent_run_id, "stage": "trial", "optuna_trial": str(number)}
     # Whose run it is: a run its process could not close (the store was out of reach, a SIGKILL)
     # is closed by the next command on this machine (``close_dead_runs``).
-    tags |= {f"owner_{key}": str(value) for key, value in here().items()}
+    tags |= {f"{OWNER_PREFIX}{key}": str(value) for key, value in here().items()}
     tags["optuna_study"] = tracker.study_name
     name = trial_name(number, params)
     with open_run(tracker.stores, tracker.experiment_name, name, tags) as run:

@@ -34,6 +34,20 @@ def test_a_pipeline_run_holds_the_params_and_the_dataset_and_ends_finished(store
     assert logged.info.artifact_uri.startswith((stores.artifact_root or "") + "/exp")
 
 
+def test_a_closed_run_lists_how_it_went_before_where_things_live_and_drops_its_liveness_tags(stores):
+    """Issue 23: owner pids, the heartbeat and absolute paths came first among the parent's tags
+    on the run page (it lists them as first written), ahead of the ones a person looks for."""
+    places = {"where.data.path": "/abs/aclImdb"}
+    with tracking.pipeline_run(stores, "exp", {}, DATASET, closing_tags=places) as run, tracking.heartbeat(run, 30):
+        running = list(_run(stores, run.run_id).data.tags)
+        run.set_tags({"model_kind": "rnn", "registered_version": 1})
+    tags = list(_run(stores, run.run_id).data.tags)
+
+    assert "owner_pid" in running and tracking.HEARTBEAT_TAG in running  # how a dead run is told
+    assert not [key for key in tags if key.startswith("owner_") or key == tracking.HEARTBEAT_TAG], tags
+    assert tags.index("model_kind") < tags.index("where.data.path"), tags
+
+
 def test_a_run_that_raises_ends_failed_with_the_reason(stores):
     with pytest.raises(ValueError), tracking.open_run(stores, "exp", "broken", {}) as run:
         raise ValueError("loss became nan")
