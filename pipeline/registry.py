@@ -223,7 +223,8 @@ def register_and_promote(
     """
     client = stores.mlflow_client()
     _ensure_registered_model(client, cfg.model_name, stores.tracking_uri)
-    tags = {key: str(evidence[key]) for key in VERSION_TAGS if key in evidence}
+    # Floats to six significant digits, as params and metrics are (0.7192307692307692 → 0.719231).
+    tags = {key: param_value(evidence[key]) for key in VERSION_TAGS if key in evidence}
     if test is not None:  # which reviews test_accuracy was measured on: versions may differ
         tags["test_set"] = f"{len(test.texts)} reviews, digest {test.digest[:12]}"
     version = _create_version(stores, client, cfg.model_name, model_uri, run_id, tags)

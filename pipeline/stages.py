@@ -598,7 +598,7 @@ def register_model(
         {
             "registered_version": decision.version,
             "promotion": decision.reason,
-            "promotion_p_value": decision.p_value if decision.p_value is not None else "none",
+            "promotion_p_value": f"{decision.p_value:.3g}" if decision.p_value is not None else "none",
         }
     )
     return decision

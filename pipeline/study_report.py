@@ -118,11 +118,12 @@ def trials_table(study: optuna.Study, runs: Mapping[int, tuple[str, str]] | None
             "run_name": run_name,
             "run_id": run_id,
             "state": _STATE.get(trial.state, trial.state.name.lower()),
-            "value": trial.value,
+            "value": None if trial.value is None else float(f"{trial.value:.6g}"),  # no float32 noise
             "epochs": len(trial.intermediate_values),
             "seconds": round(seconds, 1) if seconds is not None else None,
         }
-        rows.append(row | {f"param_{key}": value for key, value in trial.params.items()})
+        params = {f"param_{key}": float(f"{v:.6g}") if isinstance(v, float) else v for key, v in trial.params.items()}
+        rows.append(row | params)
     return pd.DataFrame(rows)
 
 

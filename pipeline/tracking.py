@@ -33,8 +33,8 @@ from pipeline.stores import StoreError, Stores, failed_store, mlflow_global_uri
 
 log = logging.getLogger(__name__)
 
-# MLflow 3.17's UI picks an experiment's layout from this tag: without it a new experiment opens on
-# the GenAI overview (traces, tokens); this value opens it on the runs table of model training.
+# The experiment's kind, for MLflow versions whose UI picks the layout from it (3.x before the
+# GenAI / Model training toggle). 3.17 does not read it: see MODEL_TRAINING.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
@@ -194,6 +194,7 @@ VIEW_COLUMNS = (
     "tags.`outcome`",
     "tags.`epochs`",
     "tags.`best_trial`",
+    "tags.`optuna_study`",
     "params.`cell`",
     "params.`layers`",
     "params.`units`",
@@ -202,8 +203,12 @@ VIEW_COLUMNS = (
 )
 
 
-# MLflow 3.17's UI opens in GenAI mode (traces, tokens) until a person flips its sidebar toggle,
-# whatever the experiment's kind; this URL parameter opens it in model-training mode.
+# MLflow 3.17's UI takes its mode from the URL's workflowType, else from the browser's local
+# storage (``mlflow.workflowType``, written when a person flips the sidebar's GenAI / Model
+# training toggle), else GenAI: the experiment's kind tag is not read (its bundle's
+# ``useExperimentKind`` returns the kind of the workflowType while the toggle exists, and the
+# toggle's flag is hard-wired on). No server or experiment setting reaches it: the links this
+# project prints carry the parameter, and one flip of the toggle makes every bare link open so.
 MODEL_TRAINING = "workflowType=machine_learning"
 
 
@@ -215,24 +220,26 @@ def experiment_link(ui_url: str, experiment: str) -> str:
 
 def save_runs_view(client: MlflowClient, experiment: str) -> None:
     """The "Model selection" view in the runs table's Views menu: key metrics, outcome, epochs,
-    best-trial mark and hyperparameters as columns, the run-name column wide enough for the
-    trial names. The parent starts folded (one click on its expander): MLflow 3.17 does not apply
-    ``runsExpanded`` from a shared view (tried with the newest parent's id: still folded)."""
+    best-trial mark, study and hyperparameters as columns, the run-name column wide enough for
+    the trial names, sorted by ``objective`` (what the study ranks by; ``val_accuracy`` is the
+    last epoch's). Sorted by a metric, MLflow 3.17 lists runs flat, best first, without folding
+    trials under their parent: the parent ranks with its best trial, the study column says whose
+    trial each is."""
     now = int(time.time() * 1000)
     state = {
         "searchFilter": "",
-        # Newest first: with the view sorted by `objective`, the browser test found no expander on
-        # the parent row (MLflow 3.17). `objective`, the first column, is what the study ranks
-        # by (val_accuracy is the last epoch's): one click on its header sorts by it.
-        "orderByKey": "attributes.start_time",
+        "orderByKey": "metrics.`objective`",
         "orderByAsc": False,
         "startTime": "ALL",
         "lifecycleFilter": "Active",
         "datasetsFilter": [],
         "modelVersionFilter": "All Runs",
         "selectedColumns": list(VIEW_COLUMNS),
-        "columnOrder": [],
-        "columnWidths": {"attributes.`Run Name`": 420},
+        # MLflow 3.17 applies a width only to a column named in columnOrder (the rest keep their
+        # places): 560 px shows "trial-012 bi-lstm×2 128u d0.25 lr1.2e-3 · complete after 9 epochs · best".
+        # The dataset column (300 px by default) narrowed to its name and digest's head.
+        "columnOrder": ["attributes.`Run Name`", "attributes.`Dataset`"],
+        "columnWidths": {"attributes.`Run Name`": 560, "attributes.`Dataset`": 170},
         "runsHiddenMode": "SHOW_ALL",
         "runsExpanded": {},
         "viewMaximized": False,

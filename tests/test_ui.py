@@ -184,7 +184,7 @@ def test_every_trial_logs_each_value_optuna_saw_the_pruned_one_included(ui_store
     client = stores.mlflow_client()
     runs = {
         int(run.data.tags["optuna_trial"]): run
-        for run in client.search_runs([ui_store.experiment_id], "tags.stage = 'trial'")
+        for run in client.search_runs([ui_store.experiment_id], "tags.stage = 'trial' and tags.optuna_study = 'ui-test'")
     }
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     assert pruned, "the tiny study pruned no trial: the check below would not cover pruning"
@@ -223,24 +223,99 @@ def driver():
     chromium.quit()
 
 
-def check_runs_table(driver, ui_url: str, store: Store, shots: Path) -> str:
+ROWS_JS = """
+return [...document.querySelectorAll("[role='gridcell'] a[href*='/runs/']")]
+  .filter(a => a.textContent.includes('trial-') || a.textContent.includes('pipeline-'))
+  .map(a => {
+    const text = document.createRange();
+    text.selectNodeContents(a);
+    const cell = a.closest("[role='gridcell']").getBoundingClientRect();
+    const id = a.getAttribute('href').split('/runs/')[1].split(/[?/]/)[0];
+    return [a.textContent, id, text.getBoundingClientRect().right - cell.right];
+  });
+"""
+
+
+def check_runs_table(driver, ui_url: str, store: Store, shots: Path) -> tuple[str, list[tuple[str, str, float]]]:
     """The link `sentiment ui` prints opens the runs table in model-training mode with the "Model
-    selection" view; expanding the parent shows the trials by name, outcome and best mark."""
+    selection" view, sorted by objective; its rows as (run name, run id, how many pixels the
+    name's text runs past its cell: > 0 is cut)."""
     from pipeline import tracking
 
     driver.get(tracking.experiment_link(ui_url, store.experiment_id))
-    wait_for_text(driver, "Runs", "pipeline-", "Model selection")
+    text = wait_for_text(driver, "Runs", "Model selection", "Sort: objective", "trial-000 gru×", "· best")
     close_assistant(driver)
-    # The expander is the button in the parent's run-name cell (it has no label to find it by).
-    click(driver, "//*[@role='gridcell'][.//a[contains(., 'pipeline-')]]//button")
-    text = wait_for_text(driver, "trial-000 gru×", "· best")
     driver.save_screenshot(str(shots / "runs_table.png"))
+    rows = [tuple(row) for row in driver.execute_script(ROWS_JS)]
+    # The grid draws only the columns in sight: scroll to its end for the metrics' headers.
+    driver.execute_script("document.querySelector('.ag-body-horizontal-scroll-viewport').scrollLeft = 1e6")
+    headers = ".ag-header-cell[col-id]"
+    text += "\n".join(driver.execute_script(f"return [...document.querySelectorAll('{headers}')].map(h => h.textContent)"))
+    return text, rows
+
+
+def check_bare_link(ui_url: str, store: Store, shots: Path) -> tuple[str, str]:
+    """In a browser that never opened the UI: where a bare experiment link lands, then where it
+    lands after one flip of the sidebar's toggle to "Model training" (the README's one click)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chromium = browser()  # its own: local storage, which keeps the toggle, starts empty
+    try:
+        bare = f"{ui_url}/#/experiments/{store.experiment_id}"
+        chromium.get(bare)
+        wait_for_text(chromium, "GenAI", "Model training")
+        WebDriverWait(chromium, 30).until(lambda d: "workflowType=" in d.current_url)  # its redirect
+        first = chromium.current_url
+        click(chromium, "//span[normalize-space(text())='Model training']")
+        wait_for_text(chromium, "Model registry")
+        chromium.get(f"{ui_url}/#/experiments")  # elsewhere, then the bare link again
+        wait_for_text(chromium, "Experiments")
+        chromium.get(bare)
+        wait_for_text(chromium, "Runs", "pipeline-", "Model registry")
+        chromium.save_screenshot(str(shots / "bare_link_after_toggle.png"))
+        return first, chromium.current_url
+    finally:
+        chromium.quit()
+
+
+TABLE_JS = """
+return [...document.querySelectorAll('[role=row]')]
+  .map(row => [...row.children].map(cell => cell.textContent.trim()));
+"""
+
+
+def check_trials_table(driver, ui_url: str, store: Store, shots: Path) -> list[dict[str, str]]:
+    """study/trials.json in MLflow's artifact viewer, as a table: its rows by column name."""
+    base = f"{ui_url}/#/experiments/{store.experiment_id}/runs/{store.parent_run_id}/artifacts"
+    driver.get("about:blank")  # a fresh load: a hash change alone leaves the artifact open before
+    driver.get(f"{base}/study/trials.json?workflowType=machine_learning")
+    wait_for_text(driver, "trials.json", "View as table", "run_name", "param_units")
+    close_assistant(driver)
+    driver.save_screenshot(str(shots / "trials_table.png"))
+    header, *rows = driver.execute_script(TABLE_JS)
+    return [dict(zip(header, row, strict=True)) for row in rows]
+
+
+def check_versions(driver, ui_url: str, shots: Path) -> str:
+    driver.get(f"{ui_url}/#/models/{MODEL}?workflowType=machine_learning")
+    text = wait_for_text(driver, "Version 1", "Version 2", "test_set")
+    close_assistant(driver)
+    driver.save_screenshot(str(shots / "versions.png"))
+    return text
+
+
+def check_run_page(driver, ui_url: str, store: Store, shots: Path) -> str:
+    driver.get(f"{ui_url}/#/experiments/{store.experiment_id}/runs/{store.parent_run_id}?workflowType=machine_learning")
+    text = wait_for_text(driver, "Tags", "registered_version", "where.data.path")
+    close_assistant(driver)
+    driver.save_screenshot(str(shots / "run_page.png"))
     return text
 
 
 def check_study_view(driver, ui_url: str, store: Store, shots: Path) -> str:
     """The parent run's artifacts: the study plots (previewed) and the error-analysis table."""
     base = f"{ui_url}/#/experiments/{store.experiment_id}/runs/{store.parent_run_id}/artifacts"
+    driver.get("about:blank")
     driver.get(f"{base}/evaluation/confident_errors.json?workflowType=machine_learning")
     text = wait_for_text(driver, "confident_errors.json", "View as table", "excerpt", "p_positive")
     close_assistant(driver)
@@ -262,22 +337,66 @@ def check_model_version(driver, ui_url: str, store: Store, shots: Path) -> str:
     return text
 
 
-def test_a_person_opening_the_ui_finds_the_runs_the_study_and_the_champion(driver, ui_url, ui_store, tmp_path):
-    runs = check_runs_table(driver, ui_url, ui_store, tmp_path)
-    # Model-training mode: its sidebar has the model registry, not GenAI's observability section.
-    assert "/runs" in driver.current_url and "Model registry" in runs and "Observability" not in runs
-    assert "pipeline-" in runs and ("complete after" in runs or "pruned after" in runs)
-    assert "model/test_accuracy" in runs or "model/test_accu" in runs  # the view's columns
-
-    study = check_study_view(driver, ui_url, ui_store, tmp_path)
-    assert "confident_errors.json" in study and "plots.html" in study
+def test_a_person_opening_the_ui_finds_the_runs_the_study_and_the_champion(driver, ui_url, ui_store, second_run, tmp_path):
+    """Issue 23's walk, on a store with two pipeline runs on different data."""
+    import optuna
 
     from pipeline.stores import resolve
 
-    champion = resolve(ui_store.cfg).mlflow_client().get_model_version_by_alias(MODEL, "champion").version
+    stores = resolve(ui_store.cfg)
+    client = stores.mlflow_client()
+
+    # A bare experiment link: MLflow 3.17 opens GenAI mode (it reads no server or experiment
+    # setting); one flip of the toggle, as the README says, and every bare link opens the runs.
+    first, after_toggle = check_bare_link(ui_url, ui_store, tmp_path)
+    assert "workflowType=genai" in first, f"MLflow now opens {first}: the README's one click may be gone"
+    assert "/runs" in after_toggle and "workflowType=machine_learning" in after_toggle, after_toggle
+
+    runs, rows = check_runs_table(driver, ui_url, ui_store, tmp_path)
+    # Model-training mode: its sidebar has the model registry, not GenAI's observability section.
+    assert "/runs" in driver.current_url and "Model registry" in runs and "Observability" not in runs
+    assert "model/test_accuracy" in runs or "model/test_accu" in runs  # the view's columns
+    # Every trial's whole name (configuration, outcome, "· best") is readable in its cell.
+    trial_rows = [row for row in rows if row[0].startswith("trial-")]
+    assert len(trial_rows) == 8, rows  # 6 + 2 trials: both runs' trials, flat under the sort
+    assert all(overflow <= 1 for _, _, overflow in rows), [row for row in rows if row[2] > 1]
+    # Sorted as the study ranks: its complete trials in the order of their values, best first.
+    study = optuna.load_study(study_name="ui-test", storage=stores.study_storage)
+    numbers = {
+        run.info.run_id: int(run.data.tags["optuna_trial"])
+        for run in client.search_runs([ui_store.experiment_id], "tags.optuna_study = 'ui-test' and tags.stage = 'trial'")
+    }
+    shown = [study.trials[numbers[run_id]] for _, run_id, _ in trial_rows if run_id in numbers]
+    assert len(shown) == len(study.trials)
+    complete = [trial for trial in shown if trial.value is not None]
+    assert complete[0].number == study.best_trial.number or complete[0].value == study.best_value
+    assert [t.value for t in complete] == sorted((t.value for t in complete), reverse=True), [t.number for t in complete]
+
+    # The trials table: every param filled, and the run of each trial by id and name.
+    table = check_trials_table(driver, ui_url, ui_store, tmp_path)
+    assert len(table) == len(study.trials)
+    for row in table:
+        assert all(row[key] for key in row if key.startswith("param_")), row
+        assert numbers[row["run_id"]] == int(row["trial"]) and row["run_name"].startswith(f"trial-{int(row['trial']):03d} ")
+
+    study_page = check_study_view(driver, ui_url, ui_store, tmp_path)
+    assert "confident_errors.json" in study_page and "plots.html" in study_page
+
+    # The versions table: two versions, one champion, each with its own test set.
+    versions = check_versions(driver, ui_url, tmp_path)
+    assert versions.count("@ champion") == 1, versions[-1500:]
+    assert versions.count("test_set") == 2 and "200 reviews, digest" in versions and "260 reviews, digest" in versions
+
+    # The parent's tags: how it went before where things live; no pid or heartbeat left behind.
+    page = check_run_page(driver, ui_url, ui_store, tmp_path)
+    tags = page[page.index("Tags") :]
+    assert tags.index("registered_version") < tags.index("where.data.path"), tags[:1500]
+    assert "owner_pid" not in tags and "heartbeat" not in tags
+
+    champion = client.get_model_version_by_alias(MODEL, "champion").version
     version = check_model_version(driver, ui_url, replace(ui_store, version=champion), tmp_path)
     assert "@champion" in version or "champion" in version
-    for shot in ("runs_table.png", "study_view.png", "model_version.png"):
+    for shot in ("runs_table.png", "study_view.png", "model_version.png", "trials_table.png", "versions.png"):
         assert (tmp_path / shot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
