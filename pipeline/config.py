@@ -89,7 +89,27 @@ class DataConfig(_Frozen):
     path: Path = Field(
         SAMPLE_ARCHIVE,
         description="aclImdb .tar.gz as downloaded, or its extracted folder (default: the sample "
-        "shipped in the package)",
+        "shipped in the package); or labelled reviews in a CSV, JSONL or Parquet file, a folder "
+        "of them, or a glob ('drops/*.parquet')",
+    )
+    text_column: str = Field("text", min_length=1, description="a table's column of review texts")
+    label_column: str = Field(
+        "label",
+        min_length=1,
+        description="a table's column of labels: 0/1, neg/pos, negative/positive, false/true "
+        "(any case), or the values of data.positive_labels / data.negative_labels",
+    )
+    positive_labels: tuple[str, ...] = Field(
+        (), description="a table's label values that mean positive (repeat the option), over the built-in names"
+    )
+    negative_labels: tuple[str, ...] = Field((), description="a table's label values that mean negative")
+    split_column: str | None = Field(
+        None,
+        description="a table's column saying train or test; without one, data.test_fraction of "
+        "the rows (stratified, seeded) is the test split",
+    )
+    test_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="share of a table's rows held out for testing when it has no split column"
     )
     vocab_size: int = Field(
         10_000, ge=2, description="vocabulary cap: the most frequent words of the training split"
@@ -109,6 +129,12 @@ class DataConfig(_Frozen):
     def _no_cache(cls, value: Any) -> Any:
         """``none`` (from --cache-dir or SENTIMENT_DATA_CACHE_DIR) is no cache, not a folder of that name."""
         return None if isinstance(value, str | Path) and str(value).strip().lower() in ("none", "") else value
+
+    @model_validator(mode="after")
+    def _label_names(self) -> DataConfig:
+        if overlap := set(self.positive_labels) & set(self.negative_labels):
+            raise ValueError(f"label value(s) {sorted(overlap)} in both data.positive_labels and data.negative_labels")
+        return self
 
     @field_validator("path", "cache_dir")
     @classmethod
@@ -297,7 +323,9 @@ class PipelineConfig(_Frozen):
         name now follows what a study's record compares, so it can only resume a study it fits."""
         if self.search.study_name is None:
             include = {k: STUDY_SETTINGS.get(k, set()) | _SPACE_SETTINGS.get(k, set()) for k in STUDY_SETTINGS}
-            settings = json.dumps(self.model_dump(mode="json", include=include), sort_keys=True)
+            # The digest's kind too: a study recorded under the file-name digest (before 5 of
+            # data.PREP_VERSION) would refuse today's content digest of the same reviews.
+            settings = json.dumps(self.model_dump(mode="json", include=include) | {"digest": "content"}, sort_keys=True)
             name = f"imdb-sentiment-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
             object.__setattr__(self, "search", self.search.model_copy(update={"study_name": name}))
         return self

@@ -26,40 +26,27 @@ import numpy as np
 
 from pipeline.batching import scoring_pool, scoring_threads
 from pipeline.config import DataConfig
+from pipeline.reviews import (  # noqa: F401 (DataError, Reviews, RawDataset: this module's too)
+    LABELS,
+    MAX_EMPTY_SHARE,
+    SPLITS,
+    DataError,
+    RawDataset,
+    Reviews,
+    allow_few_empty,
+    content_digest,
+    require_both_classes,
+)
 
 log = logging.getLogger(__name__)
 
-LABELS = ("neg", "pos")  # index = label: 0 negative, 1 positive
-SPLITS = ("train", "test")
 # Bump when tokenization or array layout changes, so old caches are never reused.
-PREP_VERSION = 4
-# Empty review files are skipped with a warning up to this share of a split; past it the dataset
-# is taken as broken.
-MAX_EMPTY_SHARE = 0.01
+PREP_VERSION = 5  # 5: canonical review order and the content digest
 # Keras' default standardization (lower case, apostrophes dropped so "don't" is "dont"), with
 # other punctuation and the <br /> tags every IMDB review carries turned into word breaks.
 _BREAK_TAG = r"<br\s*/?>"
 _APOSTROPHE = "'"
 _PUNCTUATION = r"[!\"#$%&()\*\+,\-\./:;<=>?@\[\\\]^_`{|}~]"
-
-
-class DataError(ValueError):
-    """The dataset at fault; the message names the file, folder or split."""
-
-
-@dataclass(frozen=True)
-class Reviews:
-    texts: list[str]
-    labels: np.ndarray  # int8, 1 = positive
-
-
-@dataclass(frozen=True)
-class RawDataset:
-    train: Reviews
-    test: Reviews
-    digest: str  # sha256 over every review's path and text: equal for the archive and its folder
-    source: str
-    skipped: tuple[str, ...] = ()  # empty review files left out
 
 
 @dataclass(frozen=True)
@@ -125,20 +112,29 @@ def read_reviews(path: Path) -> RawDataset:
             groups[split].append((name, text, LABELS.index(label)))
         else:
             empty[split].append(name)
-    digest = hashlib.sha256()
     splits = {}
     for split in SPLITS:
-        rows = sorted(groups[split])
-        _allow_few_empty(sorted(empty[split]), len(rows), path, split)
+        # Canonical order (label, text), not file names: the same reviews exported to a table
+        # are the same splits, arrays and digest (``review_tables``).
+        rows = sorted((label, text) for _, text, label in groups[split])
+        allow_few_empty(sorted(empty[split]), len(rows), path, split)
         if not rows:
             raise DataError(f"{path}: no reviews under aclImdb/{split}/pos or aclImdb/{split}/neg")
-        for name, text, _ in rows:
-            digest.update(name.encode() + b"\0" + text.encode() + b"\0")
-        labels = np.array([label for _, _, label in rows], dtype=np.int8)
-        _require_both_classes(labels, path, split)
-        splits[split] = Reviews([text for _, text, _ in rows], labels)
+        labels = np.array([label for label, _ in rows], dtype=np.int8)
+        require_both_classes(labels, path, split)
+        splits[split] = Reviews([text for _, text in rows], labels)
     skipped = tuple(sorted(empty["train"] + empty["test"]))
-    return RawDataset(splits["train"], splits["test"], digest.hexdigest(), str(path), skipped)
+    return RawDataset(splits["train"], splits["test"], content_digest(splits), str(path), skipped)
+
+
+def read_source(cfg: DataConfig) -> RawDataset:
+    """The labelled reviews ``data.path`` names: an aclImdb archive or folder, or tables."""
+    from pipeline import review_tables
+
+    files = review_tables.table_files(cfg.path)
+    if files is None:
+        return read_reviews(cfg.path)
+    return review_tables.read_tables(files, cfg, cfg.path)
 
 
 def check_source(cfg: DataConfig) -> None:
@@ -147,7 +143,13 @@ def check_source(cfg: DataConfig) -> None:
     42): every split has pos and neg reviews, and the whole archive decompresses. Skipped when
     prepared arrays of this very source are cached (it was read whole then). Raises DataError;
     what only reading finds (a review that is not UTF-8, too many empty ones) still comes then."""
+    from pipeline import review_tables
+
     path = Path(cfg.path)
+    files = review_tables.table_files(path)
+    if files is not None:
+        review_tables.check_columns(files, cfg, path)  # a wrong column name: in seconds, before any work
+        return
     cached = _cache_file(cfg)
     if not path.exists() or (cached is not None and cached.exists()):
         return  # a missing path is preflight's to report
@@ -169,19 +171,6 @@ def check_source(cfg: DataConfig) -> None:
             raise DataError(f"{path}: no reviews under aclImdb/{split}/pos or aclImdb/{split}/neg")
         if missing:
             raise DataError(f"{path}: split '{split}' has one class only (no {missing[0]} reviews); need pos and neg")
-
-
-def _allow_few_empty(names: list[str], kept: int, path: Path, split: str) -> None:
-    """Skip a few empty review files with a warning naming them; DataError past MAX_EMPTY_SHARE."""
-    if not names:
-        return
-    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    if len(names) > MAX_EMPTY_SHARE * (kept + len(names)):
-        raise DataError(
-            f"{path}: {split} review {shown} empty ({len(names)} of {kept + len(names)}, more than "
-            f"the {MAX_EMPTY_SHARE:.0%} that is skipped)"
-        )
-    log.warning("%s: skipping %d empty %s review(s): %s", path, len(names), split, shown)
 
 
 def _review_name(name: str) -> bool:
@@ -223,13 +212,6 @@ def _decode(raw: bytes, path: Path, name: str) -> str:
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: review {name} is not valid UTF-8 ({error.reason})") from None
     return text
-
-
-def _require_both_classes(labels: np.ndarray, path: Path | str, split: str) -> None:
-    present = set(np.unique(labels).tolist())
-    if present != {0, 1}:
-        only = LABELS[present.pop()] if present else "none"
-        raise DataError(f"{path}: split '{split}' has one class only ({only}); need pos and neg")
 
 
 # --- encoding ------------------------------------------------------------------------------
@@ -350,7 +332,7 @@ def prepare(cfg: DataConfig) -> PreparedData:
         data = replace(_load_cache(cache_file), source=str(cfg.path))
         log.info("prepared data from cache %s", cache_file)
         return _with_timing(data, started, from_cache=True)
-    raw = read_reviews(cfg.path)
+    raw = read_source(cfg)
     data = prepare_reviews(raw, cfg)
     if cache_file is not None:
         _save_cache(data, cache_file)
@@ -431,8 +413,18 @@ def load(file: Path) -> PreparedData:
 
 
 def source_fingerprint(path: Path) -> str:
-    """Cheap identity of the source: the archive's bytes, or a folder's names, sizes and mtimes."""
+    """Cheap identity of the source: the archive's bytes, or a folder's (a glob's) names, sizes
+    and mtimes."""
+    from pipeline.review_tables import table_files
+
     path = Path(path)
+    files = table_files(path)
+    if files:
+        digest = hashlib.sha256()
+        for file in files:
+            stat = file.stat()
+            digest.update(f"{file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
     if not path.exists():
         raise DataError(f"dataset not found: {path}")
     digest = hashlib.sha256()

@@ -8,23 +8,20 @@ raises ``InputError`` naming the row (1-based, header excluded) and line where o
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import pandas as pd
 
 from pipeline.serve import InputError, is_missing, load_scorer
 from pipeline.stores import Stores
+from pipeline.tables import Record, TableError, file_format, file_records, lines
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("csv", "jsonl", "parquet")
-Record = dict[str, Any]
 Scorer = Callable[[Sequence[str]], pd.DataFrame]
 
 
@@ -49,68 +46,16 @@ def scorer_for(stores: Stores, model_uri: str) -> Scorer:
     return load_scorer(model_folder(stores, model_uri))
 
 
-def file_format(path: Path) -> str:
-    """``csv``, ``jsonl`` or ``parquet`` from the extension (``.json``/``.ndjson`` read as JSONL)."""
-    suffix = path.suffix.lower().lstrip(".")
-    fmt = {"json": "jsonl", "ndjson": "jsonl", "pq": "parquet"}.get(suffix, suffix)
-    if fmt not in FORMATS:
-        raise InputError(f"{path}: unknown format '.{suffix}' (use .csv, .jsonl or .parquet)")
-    return fmt
-
-
-def _lines(stream: IO[bytes], start: int = 1) -> Iterator[tuple[int, str]]:
-    for number, raw in enumerate(stream, start):
-        try:
-            yield number, raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise InputError(
-                f"line {number}: not valid UTF-8 ({error.reason} at byte {error.start})"
-            ) from None
-
-
-def read_csv(stream: IO[bytes]) -> Iterator[Record]:
-    numbered = _lines(stream)
-    current = {"line": 0}
-
-    def text_lines() -> Iterator[str]:
-        for number, line in numbered:
-            current["line"] = number
-            yield line
-
-    # A review may be far longer than csv's default 128 KiB field limit.
-    csv.field_size_limit(sys.maxsize)
-    reader = csv.DictReader(text_lines())
+def _format(path: Path) -> str:
     try:
-        for record in reader:
-            record["_line"] = current["line"]
-            yield record
-    except csv.Error as error:
-        raise InputError(f"line {current['line']}: not valid CSV ({error})") from None
-
-
-def read_jsonl(stream: IO[bytes]) -> Iterator[Record]:
-    for number, line in _lines(stream):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise InputError(f"line {number}: not valid JSON ({error.msg})") from None
-        if not isinstance(record, dict):
-            raise InputError(f"line {number}: expected a JSON object, got {type(record).__name__}")
-        yield {**record, "_line": number}
-
-
-def read_parquet(path: Path, batch_size: int) -> Iterator[Record]:
-    import pyarrow.parquet as pq
-
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
-        yield from batch.to_pylist()
+        return file_format(path)
+    except TableError as error:
+        raise InputError(str(error)) from None
 
 
 def read_stdin_lines(stream: IO[bytes], text_column: str) -> Iterator[Record]:
     """One review per line (the trailing newline removed); the line's text goes in ``text_column``."""
-    for number, line in _lines(stream):
+    for number, line in lines(stream):
         yield {text_column: line.rstrip("\r\n"), "_line": number}
 
 
@@ -119,14 +64,10 @@ def records(source: Path | None, text_column: str, batch_size: int, stdin: IO[by
     if source is None:
         yield from read_stdin_lines(stdin, text_column)
         return
-    if not source.exists():
-        raise InputError(f"input not found: {source}")
-    fmt = file_format(source)
-    if fmt == "parquet":
-        yield from read_parquet(source, batch_size)
-        return
-    with source.open("rb") as stream:
-        yield from (read_csv if fmt == "csv" else read_jsonl)(stream)
+    try:
+        yield from file_records(source, batch_size)
+    except TableError as error:
+        raise InputError(str(error)) from None
 
 
 def review_of(record: Record, row: int, text_column: str) -> str:
@@ -173,7 +114,7 @@ class Writer:
     """Appends scored batches to a CSV/JSONL/Parquet file, or CSV to a text stream."""
 
     def __init__(self, target: Path | None, stdout: IO[str]) -> None:
-        self._fmt = "csv" if target is None else file_format(target)
+        self._fmt = "csv" if target is None else _format(target)
         self._target = target
         self._stream: IO[str] | None = stdout if target is None else None
         self._parquet = None
@@ -244,7 +185,7 @@ def predict_file(
         raise InputError(f"input not found: {source}")
     writer = Writer(target, stdout or sys.stdout)  # checks the output's format
     if source is not None:
-        file_format(source)
+        _format(source)
     if target is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
     score = load_scorer()

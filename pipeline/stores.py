@@ -13,6 +13,7 @@ path so every process (CLI, Prefect runs, search workers, ``mlflow ui``) opens t
 from __future__ import annotations
 
 import fcntl
+import glob
 import hashlib
 import logging
 import os
@@ -374,7 +375,7 @@ def preflight(cfg: PipelineConfig, study: bool = True) -> Stores:
     libraries: the dataset exists and every store is reachable and writable (with ``study``, the
     Optuna storage too). Returns the stores. Raises StoreError naming the path or store at fault.
     """
-    if not cfg.data.path.exists():
+    if not cfg.data.path.exists() and not glob.glob(str(cfg.data.path)):  # a glob of table files
         raise StoreError(f"dataset not found: {cfg.data.path}")
     stores = resolve(cfg)
     stores.check(study=study)

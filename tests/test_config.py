@@ -132,6 +132,8 @@ def _other_value(dotted: str, field, tmp_path):
     default, annotation = field.default, field.annotation
     if dotted == "search.cells":
         return ("lstm",)
+    if dotted in ("data.positive_labels", "data.negative_labels"):
+        return ("5",)
     if typing.get_origin(annotation) is typing.Literal:
         return next(choice for choice in typing.get_args(annotation) if choice != default)
     kind = next(a for a in (typing.get_args(annotation) or (annotation,)) if a is not type(None))
