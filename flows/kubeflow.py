@@ -361,7 +361,9 @@ def _run_in_containers(cfg: PipelineConfig, stores: Any, root: Path, image: str)
             "stores' files: give a tracking server (--tracking-uri http://...) and a database "
             "(--storage postgresql://...)"
         )
-    data_file = cfg.data.path.resolve()
+    # A file source is mounted where it is here; a database (a URL) is reached over the network.
+    data = cfg.data.path
+    mounts = [Mount(str(data.parent), str(data.parent), type="bind", read_only=True)] if isinstance(data, Path) else []
     runner = local.DockerRunner(
         network_mode="host",
         entrypoint=[],  # the component's command, as Kubernetes runs it, not the image's `sentiment`
@@ -373,7 +375,7 @@ def _run_in_containers(cfg: PipelineConfig, stores: Any, root: Path, image: str)
             "SENTIMENT_HOME": "/tmp/imdb-sentiment",
             "MPLCONFIGDIR": "/tmp/matplotlib",
         },
-        mounts=[Mount(str(data_file.parent), str(data_file.parent), type="bind", read_only=True)],
+        mounts=mounts,
     )
     # The data cache is the container's own (a path of this machine may not exist there).
     moved = cfg.model_copy(update={"data": cfg.data.model_copy(update={"cache_dir": None})})

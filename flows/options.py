@@ -60,7 +60,9 @@ PANELS = {
 def _unwrap(annotation: Any) -> tuple[Any, bool]:
     """(the click-facing type, whether the option repeats) of a field's annotation."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
+        kinds = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        # Path | str (data.path: a file or a database URL): text, which click leaves whole.
+        annotation = str if str in kinds else kinds[0]
     many = typing.get_origin(annotation) is tuple
     if many:
         annotation = typing.get_args(annotation)[0]

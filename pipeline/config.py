@@ -56,6 +56,10 @@ Monitor = Literal["val_accuracy", "val_loss"]
 Pooling = Literal["last", "max_mean"]
 # A store URI: serialised (MLflow params, Prefect parameters, ``config show``) without its password.
 StoreUri = Annotated[str | None, PlainSerializer(lambda uri: uri and redact(uri), when_used="json")]
+# data.path: a path, or a database URL serialised without its password as store URIs are.
+DataPath = Annotated[
+    Path | str, PlainSerializer(lambda value: redact(value) if isinstance(value, str) else str(value), when_used="json")
+]
 Selection = Literal["best", "cheapest_within_1se"]
 CELLS: tuple[Cell, ...] = Cell.__args__
 # XLA compiles each batch shape once (~2 s per shape, ~10 shapes a model); it pays back through
@@ -86,11 +90,14 @@ class HParams(_Frozen):
 
 
 class DataConfig(_Frozen):
-    path: Path = Field(
+    path: DataPath = Field(
         SAMPLE_ARCHIVE,
         description="aclImdb .tar.gz as downloaded, or its extracted folder (default: the sample "
         "shipped in the package); or labelled reviews in a CSV, JSONL or Parquet file, a folder "
-        "of them, or a glob ('drops/*.parquet')",
+        "of them, a glob ('drops/*.parquet'), or a database's SQLAlchemy URL (with data.query)",
+    )
+    query: str | None = Field(
+        None, description="with a database URL as data.path: the table, or a SELECT, holding the reviews"
     )
     text_column: str = Field("text", min_length=1, description="a table's column of review texts")
     label_column: str = Field(
@@ -136,7 +143,17 @@ class DataConfig(_Frozen):
             raise ValueError(f"label value(s) {sorted(overlap)} in both data.positive_labels and data.negative_labels")
         return self
 
-    @field_validator("path", "cache_dir")
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path_or_url(cls, value: Any) -> Any:
+        """A database URL (``postgresql://…``) stays text; anything else is a path, absolute."""
+        if isinstance(value, str) and "://" in value:
+            return value
+        if not isinstance(value, str | Path):
+            raise ValueError(f"must be a path or a database URL, not {type(value).__name__} {value!r}")
+        return Path(value).expanduser().resolve()
+
+    @field_validator("cache_dir")
     @classmethod
     def _absolute(cls, path: Path | None) -> Path | None:
         """Absolute, so every process (workers, Prefect runs) reads the same place."""
@@ -323,9 +340,7 @@ class PipelineConfig(_Frozen):
         name now follows what a study's record compares, so it can only resume a study it fits."""
         if self.search.study_name is None:
             include = {k: STUDY_SETTINGS.get(k, set()) | _SPACE_SETTINGS.get(k, set()) for k in STUDY_SETTINGS}
-            # The digest's kind too: a study recorded under the file-name digest (before 5 of
-            # data.PREP_VERSION) would refuse today's content digest of the same reviews.
-            settings = json.dumps(self.model_dump(mode="json", include=include) | {"digest": "content"}, sort_keys=True)
+            settings = json.dumps(self.model_dump(mode="json", include=include), sort_keys=True)
             name = f"imdb-sentiment-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
             object.__setattr__(self, "search", self.search.model_copy(update={"study_name": name}))
         return self

@@ -131,6 +131,8 @@ def read_source(cfg: DataConfig) -> RawDataset:
     """The labelled reviews ``data.path`` names: an aclImdb archive or folder, or tables."""
     from pipeline import review_tables
 
+    if review_tables.is_database(cfg.path):
+        return review_tables.read_database(cfg)
     files = review_tables.table_files(cfg.path)
     if files is None:
         return read_reviews(cfg.path)
@@ -145,6 +147,9 @@ def check_source(cfg: DataConfig) -> None:
     what only reading finds (a review that is not UTF-8, too many empty ones) still comes then."""
     from pipeline import review_tables
 
+    if review_tables.is_database(cfg.path):
+        review_tables.check_database(cfg)  # unreachable, no table, a wrong column: in seconds
+        return
     path = Path(cfg.path)
     files = review_tables.table_files(path)
     if files is not None:
@@ -449,7 +454,10 @@ def cache_key(cfg: DataConfig) -> str:
 
 
 def _cache_file(cfg: DataConfig) -> Path | None:
-    return None if cfg.cache_dir is None else Path(cfg.cache_dir) / f"{cache_key(cfg)}.npz"
+    from pipeline.review_tables import is_database
+
+    # A database has no cheap fingerprint (a table grows in place): read it every time.
+    return None if cfg.cache_dir is None or is_database(cfg.path) else Path(cfg.cache_dir) / f"{cache_key(cfg)}.npz"
 
 
 def _save_cache(data: PreparedData, file: Path) -> None:

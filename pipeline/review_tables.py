@@ -1,4 +1,5 @@
-"""Labelled reviews from tables: a CSV, JSONL or Parquet file, a folder of them, or a glob.
+"""Labelled reviews from tables: a CSV, JSONL or Parquet file, a folder of them, a glob, or a
+database table or query (a SQLAlchemy URL as ``data.path`` with ``data.query``), read in chunks.
 
 A team's own reviews (support tickets, app-store reviews with a thumbs up or down) rarely come in
 aclImdb's one-file-per-review layout. Here a row is a review: ``data.text_column`` holds its text,
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import glob
 import math
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ from pipeline.reviews import (
     content_digest,
     require_both_classes,
 )
+from pipeline.secrets import redact
 from pipeline.tables import SUFFIXES, Record, TableError, file_records
 
 BUILT_IN_LABELS = {
@@ -51,6 +55,11 @@ def table_files(path: Path) -> list[Path] | None:
     return None
 
 
+def is_database(path: Path | str) -> bool:
+    """Whether ``data.path`` is a database's SQLAlchemy URL rather than a path."""
+    return isinstance(path, str) and "://" in path
+
+
 def check_columns(files: list[Path], cfg: DataConfig, source: Path) -> None:
     """Every file exists and has the configured columns: read from its first record, in seconds."""
     if not files:
@@ -62,15 +71,35 @@ def check_columns(files: list[Path], cfg: DataConfig, source: Path) -> None:
         _require_columns(first, file, cfg)
 
 
+def check_database(cfg: DataConfig) -> None:
+    """The database answers and the query's first row has the configured columns, in seconds."""
+    name = _database_name(cfg)
+    first = next(_database_records(cfg, limit=1), None)
+    if first is None:
+        raise DataError(f"{name}: no rows")
+    _require_columns(first, name, cfg)
+
+
+def read_database(cfg: DataConfig) -> RawDataset:
+    """The labelled reviews of ``data.query`` in the database ``data.path``, read in chunks."""
+    check_database(cfg)
+    name = _database_name(cfg)
+    return _read(cfg, [(name, lambda: _database_records(cfg))], name)
+
+
 def read_tables(files: list[Path], cfg: DataConfig, source: Path) -> RawDataset:
     """The labelled reviews of ``files``. Raises DataError naming the file, row and setting."""
     check_columns(files, cfg, source)
+    return _read(cfg, [(str(file), lambda file=file: _records(file)) for file in files], str(source))
+
+
+def _read(cfg: DataConfig, parts, source: str) -> RawDataset:
     labels = _label_map(cfg)
     rows: list[tuple[str | None, int, str]] = []
     empty: list[str] = []
-    for file in files:
-        for number, record in enumerate(_records(file), 1):
-            where = f"{file} row {number}" + (f" (line {record['_line']})" if "_line" in record else "")
+    for part, records in parts:
+        for number, record in enumerate(records(), 1):
+            where = f"{part} row {number}" + (f" (line {record['_line']})" if "_line" in record else "")
             text = record.get(cfg.text_column)
             if _missing(text) or (isinstance(text, str) and not text.strip()):
                 empty.append(where)
@@ -94,7 +123,46 @@ def _records(file: Path):
         raise DataError(f"{file}: cannot be read ({error})") from None
 
 
-def _require_columns(record: Record, file: Path, cfg: DataConfig) -> None:
+def _database_name(cfg: DataConfig) -> str:
+    """The source as messages and runs name it: the URL without its password, and the query."""
+    if not cfg.query:
+        raise DataError(f"{redact(str(cfg.path))}: a database source needs data.query (--query): a table or a SELECT")
+    return f"{redact(str(cfg.path))} ({cfg.query.strip()})"
+
+
+def _database_records(cfg: DataConfig, limit: int | None = None, chunk: int = 10_000) -> Iterator[Record]:
+    """The query's rows as records, ``chunk`` at a time (a server-side cursor where the driver has one)."""
+    import pandas as pd
+    import sqlalchemy as sa
+    from sqlalchemy.exc import SQLAlchemyError
+
+    query = cfg.query.strip().rstrip(";")
+    if not re.match(r"(?is)^\s*(select|with)\b", query):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?", query):
+            raise DataError(f"data.query {query!r}: neither a table name nor a SELECT")
+        query = f"SELECT * FROM {query}"
+    if limit is not None:
+        query = f"SELECT * FROM ({query}) AS reviews LIMIT {int(limit)}"
+    name = _database_name(cfg)
+    url = str(cfg.path)
+    options = {"connect_args": {"connect_timeout": 10}} if url.startswith("postgresql") else {}
+    try:
+        engine = sa.create_engine(url, **options)
+    except (SQLAlchemyError, ValueError, ImportError) as error:
+        raise DataError(f"{redact(url)}: not a database URL SQLAlchemy can open (data.path): {error}") from None
+    try:
+        with engine.connect().execution_options(stream_results=True) as connection:
+            for frame in pd.read_sql_query(sa.text(query), connection, chunksize=chunk):
+                yield from frame.to_dict("records")
+    except (SQLAlchemyError, pd.errors.DatabaseError) as error:
+        cause = error.__cause__ if isinstance(error, pd.errors.DatabaseError) and error.__cause__ else error
+        reason = redact(str(getattr(cause, "orig", None) or cause).strip().splitlines()[0])
+        raise DataError(f"{name}: {reason} (data.path, data.query)") from None
+    finally:
+        engine.dispose()
+
+
+def _require_columns(record: Record, file: Path | str, cfg: DataConfig) -> None:
     columns = [key for key in record if key != "_line"]
     wanted = [("data.text_column", cfg.text_column), ("data.label_column", cfg.label_column)]
     wanted += [("data.split_column", cfg.split_column)] if cfg.split_column else []

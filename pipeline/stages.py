@@ -251,7 +251,9 @@ def check_champion(stores: Stores, cfg: PipelineConfig, data: PreparedData) -> r
 
 
 def dataset_record(data: PreparedData) -> tracking.DatasetRecord:
-    return tracking.DatasetRecord(data.digest, data.source, data.summary())
+    """The run's dataset input: named ``aclImdb`` for the archive's layout, ``reviews`` for a table."""
+    name = "aclImdb" if data.source.endswith((".tar.gz", ".tgz", ".tar")) or "aclImdb" in data.source else "reviews"
+    return tracking.DatasetRecord(data.digest, data.source, data.summary(), name=name)
 
 
 @contextmanager

@@ -375,7 +375,8 @@ def preflight(cfg: PipelineConfig, study: bool = True) -> Stores:
     libraries: the dataset exists and every store is reachable and writable (with ``study``, the
     Optuna storage too). Returns the stores. Raises StoreError naming the path or store at fault.
     """
-    if not cfg.data.path.exists() and not glob.glob(str(cfg.data.path)):  # a glob of table files
+    data = cfg.data.path
+    if isinstance(data, Path) and not data.exists() and not glob.glob(str(data)):  # a URL: check_source
         raise StoreError(f"dataset not found: {cfg.data.path}")
     stores = resolve(cfg)
     stores.check(study=study)

@@ -133,3 +133,79 @@ def test_a_snapshot_of_the_sample_in_jsonl_reads_back_as_the_same_reviews(sample
             out.write(json.dumps({"text": row.body, "label": label, "split": row.part}) + "\n")
     table = prepare(DataConfig(path=tmp_path / "r.jsonl", split_column="split", **OPTIONS))
     _same(table, prepare(DataConfig(path=SAMPLE_ARCHIVE, **OPTIONS)))
+
+
+# --- a database table as the source ------------------------------------------------------------
+
+
+def _to_table(rows: pd.DataFrame, url: str, table: str = "reviews") -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        rows.to_sql(table, engine, if_exists="replace", index=False, chunksize=1000)
+    finally:
+        engine.dispose()
+
+
+COLUMNS = {"text_column": "body", "label_column": "stars_positive", "split_column": "part"}
+
+
+def test_a_sqlite_table_or_query_is_the_archive_to_the_last_token(sample_rows, tmp_path):
+    url = f"sqlite:///{tmp_path / 'reviews.db'}"
+    _to_table(sample_rows, url)
+    archive = prepare(DataConfig(path=SAMPLE_ARCHIVE, **OPTIONS))
+    _same(prepare(DataConfig(path=url, query="reviews", **COLUMNS, **OPTIONS)), archive)
+    query = "SELECT body, stars_positive, part FROM reviews ORDER BY random()"
+    _same(prepare(DataConfig(path=url, query=query, **COLUMNS, **OPTIONS)), archive)
+
+
+@pytest.mark.integration
+def test_a_postgresql_table_is_the_archive_to_the_last_token(sample_rows, postgres):
+    url = postgres.url("reviews_source")
+    _to_table(sample_rows, url)
+    table = prepare(DataConfig(path=url, query="reviews", **COLUMNS, **OPTIONS))
+    _same(table, prepare(DataConfig(path=SAMPLE_ARCHIVE, **OPTIONS)))
+    assert "***" not in table.source and table.source.endswith("(reviews)")
+
+
+def test_an_unreachable_database_or_a_missing_table_is_named_in_seconds_without_its_password(tmp_path):
+    from services import free_port
+
+    url = f"postgresql://reader:s3cret@127.0.0.1:{free_port()}/reviews"
+    started = time.monotonic()
+    with pytest.raises(DataError) as error:
+        check_source(DataConfig(path=url, query="reviews", **OPTIONS))
+    assert time.monotonic() - started < 10
+    message = str(error.value)
+    assert "s3cret" not in message and "postgresql://reader:***@127.0.0.1" in message
+    assert "(data.path, data.query)" in message and "\n" not in message
+
+    sqlite = f"sqlite:///{tmp_path / 'empty.db'}"
+    with pytest.raises(DataError, match=r"no such table: reviews \(data.path, data.query\)"):
+        check_source(DataConfig(path=sqlite, query="reviews", **OPTIONS))
+    with pytest.raises(DataError, match="needs data.query"):
+        check_source(DataConfig(path=sqlite, **OPTIONS))
+
+
+@pytest.mark.integration
+def test_sentiment_run_trains_and_registers_from_a_postgresql_table(sample_rows, postgres, tmp_path):
+    """The README's command on a database: `--data postgresql://… --query …`, end to end."""
+    from mlflow import MlflowClient
+
+    url = postgres.url("reviews_run")
+    _to_table(sample_rows, url, table="labelled")
+    store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    command = [str(Path(sys.executable).parent / "sentiment"), "run", "--data", url, "--query", "labelled"]
+    command += ["--text-column", "body", "--label-column", "stars_positive", "--split-column", "part"]
+    command += ["--limit", "300", "--vocab-size", "500", "--max-len", "60", "--trials", "2", "--search-epochs", "1"]
+    command += ["--epochs", "1", "--workers", "1", "--tracking-uri", store, "--storage", f"sqlite:///{tmp_path / 'optuna.db'}"]
+    command += ["--model-name", "table-model", "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    client = MlflowClient(store)
+    run = client.get_run(summary["run_id"])
+    dataset = run.inputs.dataset_inputs[0].dataset
+    assert dataset.name == "reviews" and url.split("@")[1] + " (labelled)" in dataset.source
+    assert client.get_model_version_by_alias("table-model", "champion")
