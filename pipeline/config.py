@@ -127,6 +127,18 @@ class DataConfig(_Frozen):
     )
     seed: int = Field(42, description="seed of the validation split and of --limit's draw")
     limit: int | None = Field(None, ge=2, description="use at most this many reviews per split (stratified)")
+    # Checks before training (pipeline/data_checks.py): a run whose reviews fail one stops FAILED.
+    checks: bool = Field(True, description="check the reviews before training and refuse a batch that fails")
+    check_min_positive_share: float = Field(
+        0.1, ge=0.0, lt=0.5, description="each split's positive share must lie between this and 1 minus it"
+    )
+    check_min_per_class: int = Field(10, ge=1, description="fewest reviews of either class a split may have")
+    check_max_duplicate_share: float = Field(0.02, ge=0.0, le=1.0, description="share of a split's reviews that may repeat another's text exactly")
+    check_max_leaked_share: float = Field(0.01, ge=0.0, le=1.0, description="share of test reviews that may also be training reviews")
+    check_max_nonletter_share: float = Field(
+        0.01, ge=0.0, le=1.0, description="share of reviews that may be mostly not letters (binary dumps, a wrong column)"
+    )
+    check_max_empty_share: float = Field(0.01, ge=0.0, le=1.0, description="share of reviews that may be empty")
     cache_dir: Path | None = Field(
         STATE_ROOT / ".cache" / "prepared", description="where prepared arrays are cached; none: no cache"
     )

@@ -19,11 +19,12 @@ import tempfile
 import time
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from pipeline import data_checks
 from pipeline.batching import scoring_pool, scoring_threads
 from pipeline.config import DataConfig
 from pipeline.reviews import (  # noqa: F401 (DataError, Reviews, RawDataset: this module's too)
@@ -41,7 +42,7 @@ from pipeline.reviews import (  # noqa: F401 (DataError, Reviews, RawDataset: th
 log = logging.getLogger(__name__)
 
 # Bump when tokenization or array layout changes, so old caches are never reused.
-PREP_VERSION = 5  # 5: canonical review order and the content digest
+PREP_VERSION = 6  # 5: canonical review order and the content digest; 6: check findings
 # Keras' default standardization (lower case, apostrophes dropped so "don't" is "dont"), with
 # other punctuation and the <br /> tags every IMDB review carries turned into word breaks.
 _BREAK_TAG = r"<br\s*/?>"
@@ -75,6 +76,7 @@ class PreparedData:
     prep_seconds: float = 0.0
     from_cache: bool = False
     skipped_reviews: int = 0  # empty review files left out of the splits
+    check_findings: tuple = ()  # data_checks.Finding per check and split, judged before training
 
     @property
     def vocab_size_effective(self) -> int:
@@ -377,6 +379,7 @@ def prepare_reviews(raw: RawDataset, cfg: DataConfig) -> PreparedData:
         digest=raw.digest,
         source=raw.source,
         skipped_reviews=len(raw.skipped),
+        check_findings=data_checks.findings(raw),
     )
 
 
@@ -445,7 +448,9 @@ def source_fingerprint(path: Path) -> str:
 
 
 def cache_key(cfg: DataConfig) -> str:
-    options = cfg.model_dump(mode="json", exclude={"path", "cache_dir"})
+    # The checks' thresholds are judged after preparing (data_checks.verdict): not in the key.
+    thresholds = {name for name in DataConfig.model_fields if name == "checks" or name.startswith("check_")}
+    options = cfg.model_dump(mode="json", exclude={"path", "cache_dir", *thresholds})
     payload = json.dumps(
         {"source": source_fingerprint(cfg.path), "options": options, "version": PREP_VERSION},
         sort_keys=True,
@@ -468,6 +473,7 @@ def _save_cache(data: PreparedData, file: Path) -> None:
         "digest": data.digest,
         "source": data.source,
         "skipped_reviews": data.skipped_reviews,
+        "check_findings": [asdict(f) for f in data.check_findings],
     }
     arrays = {
         f"{name}_{field}": getattr(getattr(data, name), field)
@@ -502,4 +508,5 @@ def _load_cache(file: Path) -> PreparedData:
         source=meta["source"],
         test_texts=test_texts,
         skipped_reviews=meta["skipped_reviews"],
+        check_findings=data_checks.from_dicts(meta.get("check_findings", [])),
     )

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 from pydantic import ValidationError
 
-from pipeline import registry, search, study_report, tracking
+from pipeline import data_checks, registry, search, study_report, tracking
 from pipeline.batching import predict_proba
 from pipeline.blend import choose_blend
 from pipeline.config import PROJECT_ROOT, ConfigError, HParams, PipelineConfig, run_params
@@ -271,7 +271,20 @@ def pipeline_run(
     with tracking.pipeline_run(
         stores, cfg.tracking.experiment_name, params, dataset_record(data), run_name, tags=study, closing_tags=places
     ) as run, tracking.heartbeat(run, beat):
+        _refuse_failed_checks(run, cfg, data)
         yield run
+
+
+def _refuse_failed_checks(run: tracking.RunHandle, cfg: PipelineConfig, data: PreparedData) -> None:
+    """Before any training: reviews that fail the data checks end the run FAILED, the report as
+    its ``data/checks.json`` and its description saying which checks failed."""
+    failures = data_checks.verdict(data.check_findings, cfg.data)
+    if data.check_findings:
+        run.log_dict(data_checks.report(data.check_findings, failures), "data/checks.json")
+    if failures:
+        refusal = data_checks.error(failures)
+        run.describe(f"**Refused before training.** {refusal}")
+        raise refusal
 
 
 def _place_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
