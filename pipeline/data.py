@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import data_checks
 from pipeline.batching import scoring_pool, scoring_threads
 from pipeline.config import DataConfig
 from pipeline.reviews import (  # noqa: F401 (DataError, Reviews, RawDataset: this module's too)
@@ -379,8 +378,20 @@ def prepare_reviews(raw: RawDataset, cfg: DataConfig) -> PreparedData:
         digest=raw.digest,
         source=raw.source,
         skipped_reviews=len(raw.skipped),
-        check_findings=data_checks.findings(raw),
+        check_findings=_findings(raw),
     )
+
+
+def _findings(raw: RawDataset) -> tuple:
+    from pipeline import data_checks  # here: a model's consumer imports this module, not pandera
+
+    return data_checks.findings(raw)
+
+
+def _findings_of(items: list[dict]) -> tuple:
+    from pipeline import data_checks
+
+    return data_checks.from_dicts(items)
 
 
 def _limit(reviews: Reviews, cfg: DataConfig) -> Reviews:
@@ -508,5 +519,5 @@ def _load_cache(file: Path) -> PreparedData:
         source=meta["source"],
         test_texts=test_texts,
         skipped_reviews=meta["skipped_reviews"],
-        check_findings=data_checks.from_dicts(meta.get("check_findings", [])),
+        check_findings=_findings_of(meta.get("check_findings", [])),
     )

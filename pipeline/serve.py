@@ -269,6 +269,8 @@ def serving_modules() -> list[str]:
         tree = ast.parse((_PACKAGE / module).read_text())
         for node in ast.walk(tree):
             names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if isinstance(node, ast.ImportFrom) and node.module == "pipeline":  # from pipeline import data
+                names += [f"pipeline.{alias.name}" for alias in node.names]
             names += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
             for name in names:
                 if name.startswith("pipeline."):

@@ -344,7 +344,7 @@ def test_a_failing_task_fails_with_the_library_error_and_leaves_nothing_running(
     with pytest.raises(RuntimeError, match="Inner task failed: .*prepare"):
         kubeflow.run_local(cfg, root=tmp_path / "kfp")
     logs = capfd.readouterr()
-    assert f"pipeline.data.DataError: cannot read archive {broken}" in logs.out + logs.err
+    assert f"pipeline.reviews.DataError: cannot read archive {broken}" in logs.out + logs.err
 
     client = MlflowClient(cfg.tracking.tracking_uri)
     running = client.search_runs(

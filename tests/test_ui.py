@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -247,10 +248,13 @@ def check_runs_table(driver, ui_url: str, store: Store, shots: Path) -> tuple[st
     close_assistant(driver)
     driver.save_screenshot(str(shots / "runs_table.png"))
     rows = [tuple(row) for row in driver.execute_script(ROWS_JS)]
-    # The grid draws only the columns in sight: scroll to its end for the metrics' headers.
-    driver.execute_script("document.querySelector('.ag-body-horizontal-scroll-viewport').scrollLeft = 1e6")
-    headers = ".ag-header-cell[col-id]"
-    text += "\n".join(driver.execute_script(f"return [...document.querySelectorAll('{headers}')].map(h => h.textContent)"))
+    # The grid draws only the columns in sight: scroll across it, reading the headers drawn.
+    viewport = "document.querySelector('.ag-body-horizontal-scroll-viewport')"
+    width = driver.execute_script(f"return {viewport}.scrollWidth")
+    for left in range(0, width + 400, 400):
+        driver.execute_script(f"{viewport}.scrollLeft = {left}")
+        time.sleep(0.3)
+        text += "\n" + "\n".join(driver.execute_script("return [...document.querySelectorAll('.ag-header-cell[col-id]')].map(h => h.textContent)"))
     return text, rows
 
 
