@@ -349,6 +349,8 @@ def prepare_reviews(raw: RawDataset, cfg: DataConfig) -> PreparedData:
     """Split the training reviews (stratified), build the vocabulary from the training part only."""
     from sklearn.model_selection import train_test_split
 
+    from pipeline import data_checks  # here, not at the top: a model's consumer imports this module
+
     train, test = _limit(raw.train, cfg), _limit(raw.test, cfg)
     try:
         train_idx, val_idx = train_test_split(
@@ -378,20 +380,8 @@ def prepare_reviews(raw: RawDataset, cfg: DataConfig) -> PreparedData:
         digest=raw.digest,
         source=raw.source,
         skipped_reviews=len(raw.skipped),
-        check_findings=_findings(raw),
+        check_findings=data_checks.findings(raw),
     )
-
-
-def _findings(raw: RawDataset) -> tuple:
-    from pipeline import data_checks  # here: a model's consumer imports this module, not pandera
-
-    return data_checks.findings(raw)
-
-
-def _findings_of(items: list[dict]) -> tuple:
-    from pipeline import data_checks
-
-    return data_checks.from_dicts(items)
 
 
 def _limit(reviews: Reviews, cfg: DataConfig) -> Reviews:
@@ -432,29 +422,24 @@ def load(file: Path) -> PreparedData:
 
 
 def source_fingerprint(path: Path) -> str:
-    """Cheap identity of the source: the archive's bytes, or a folder's (a glob's) names, sizes
-    and mtimes."""
+    """Cheap identity of the source: the archive's bytes, or the names, sizes and mtimes of a
+    folder's reviews or of the table files a path, folder or glob names."""
     from pipeline.review_tables import table_files
 
     path = Path(path)
     files = table_files(path)
-    if files:
-        digest = hashlib.sha256()
-        for file in files:
-            stat = file.stat()
-            digest.update(f"{file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        return digest.hexdigest()
-    if not path.exists():
+    if not files and not path.exists():
         raise DataError(f"dataset not found: {path}")
     digest = hashlib.sha256()
-    if path.is_file():
+    if files is None and path.is_file():
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         return digest.hexdigest()
-    for file in sorted(path.rglob("*.txt")):
+    for file in files or sorted(path.rglob("*.txt")):
         stat = file.stat()
-        digest.update(f"{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        name = file.relative_to(path) if path.is_dir() else file
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
@@ -504,6 +489,7 @@ def _save_cache(data: PreparedData, file: Path) -> None:
 
 
 def _load_cache(file: Path) -> PreparedData:
+    from pipeline import data_checks
     with np.load(file) as stored:
         meta = json.loads(str(stored["meta"]))
         test_texts = json.loads(stored["test_texts"].tobytes().decode())
@@ -519,5 +505,5 @@ def _load_cache(file: Path) -> PreparedData:
         source=meta["source"],
         test_texts=test_texts,
         skipped_reviews=meta["skipped_reviews"],
-        check_findings=_findings_of(meta.get("check_findings", [])),
+        check_findings=data_checks.from_dicts(meta.get("check_findings", [])),
     )

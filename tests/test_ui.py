@@ -300,20 +300,23 @@ def check_trials_table(driver, ui_url: str, store: Store, shots: Path) -> list[d
     return [dict(zip(header, row, strict=True)) for row in rows]
 
 
-def check_versions(driver, ui_url: str, shots: Path) -> str:
-    driver.get(f"{ui_url}/#/models/{MODEL}?workflowType=machine_learning")
-    text = wait_for_text(driver, "Version 1", "Version 2", "test_set")
+def visit(driver, url: str, shot: Path, *texts: str) -> str:
+    """Open ``url``, wait for ``texts``, close the assistant, save the page to ``shot``: its text."""
+    driver.get(url)
+    text = wait_for_text(driver, *texts)
     close_assistant(driver)
-    driver.save_screenshot(str(shots / "versions.png"))
+    driver.save_screenshot(str(shot))
     return text
+
+
+def check_versions(driver, ui_url: str, shots: Path) -> str:
+    url = f"{ui_url}/#/models/{MODEL}?workflowType=machine_learning"
+    return visit(driver, url, shots / "versions.png", "Version 1", "Version 2", "test_set")
 
 
 def check_run_page(driver, ui_url: str, store: Store, shots: Path) -> str:
-    driver.get(f"{ui_url}/#/experiments/{store.experiment_id}/runs/{store.parent_run_id}?workflowType=machine_learning")
-    text = wait_for_text(driver, "Tags", "registered_version", "where.data.path")
-    close_assistant(driver)
-    driver.save_screenshot(str(shots / "run_page.png"))
-    return text
+    url = f"{ui_url}/#/experiments/{store.experiment_id}/runs/{store.parent_run_id}?workflowType=machine_learning"
+    return visit(driver, url, shots / "run_page.png", "Tags", "registered_version", "where.data.path")
 
 
 def check_study_view(driver, ui_url: str, store: Store, shots: Path) -> str:
@@ -334,11 +337,8 @@ def check_study_view(driver, ui_url: str, store: Store, shots: Path) -> str:
 
 
 def check_model_version(driver, ui_url: str, store: Store, shots: Path) -> str:
-    driver.get(f"{ui_url}/#/models/{MODEL}/versions/{store.version}?workflowType=machine_learning")
-    text = wait_for_text(driver, "champion", "Intended use", "Limitations", "Validation")
-    close_assistant(driver)
-    driver.save_screenshot(str(shots / "model_version.png"))
-    return text
+    url = f"{ui_url}/#/models/{MODEL}/versions/{store.version}?workflowType=machine_learning"
+    return visit(driver, url, shots / "model_version.png", "champion", "Intended use", "Limitations", "Validation")
 
 
 def test_a_person_opening_the_ui_finds_the_runs_the_study_and_the_champion(driver, ui_url, ui_store, second_run, tmp_path):
